@@ -1,0 +1,3 @@
+from qpatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""The command line: parses, dispatches to one module per command, and turns errors
+into a message and an exit status in one place (DESIGN.md "Exit codes")."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from qpatch import __version__
+from qpatch.errors import QpatchError
+
+DEFAULT_PATCH = "qwen-image-2512"
+
+
+def _not_implemented(name: str) -> Callable[..., int]:
+    def run(**_: Any) -> int:
+        raise QpatchError(f"qpatch {name}: not implemented yet")
+
+    return run
+
+
+def _dispatch(fn: Callable[..., int], **kwargs: Any) -> None:
+    try:
+        code = fn(**kwargs)
+    except QpatchError as e:
+        click.secho(f"qpatch: {e}", fg="red", err=True)
+        code = e.exit_code
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qpatch")
+def cli() -> None:
+    """Patch a running ComfyUI so Qwen-Image fits in GPU memory, and undo it byte-exact.
+
+    \b
+    TARGET is a container name or ID (a unique prefix will do), or local:PATH for a
+    ComfyUI whose root folder is PATH on this host.
+
+    \b
+    Exit codes: 0 done · 1 failed, target restored · 2 bad input, nothing changed
+    · 3 verify found a problem · 4 could not restore (the message says what to do).
+    """
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--patch", "patch", default=DEFAULT_PATCH, show_default=True,
+              help="Bundled patch name or path to a patch YAML file.")
+@click.option("--dry-run", is_flag=True, help="Print diffs and findings; write nothing.")
+@click.option("--no-restart", is_flag=True, help="Write the files but do not restart ComfyUI.")
+@click.option("--recreate", is_flag=True,
+              help="For containers without a start script: recreate the container with "
+                   "the new env and flags (the original is kept under a backup name).")
+@click.option("--timeout", type=float, default=180.0, show_default=True,
+              help="Seconds to wait for ComfyUI to answer after the restart.")
+@click.option("--comfyui-root", help="ComfyUI root inside the target (default: discovered).")
+@click.option("--start-script", help="Start script inside the target (default: discovered).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def apply(**kwargs: Any) -> None:
+    """Plan, back up, rewrite, validate, restart and health-check TARGET."""
+    _dispatch(_not_implemented("apply"), **kwargs)
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--workflow", type=click.Path(dir_okay=False),
+              help="API-format workflow to run and measure.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def verify(**kwargs: Any) -> None:
+    """Check that TARGET is patched, unchanged since, healthy; measure VRAM."""
+    _dispatch(_not_implemented("verify"), **kwargs)
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--no-restart", is_flag=True, help="Restore the files but do not restart.")
+@click.option("--force", is_flag=True,
+              help="Roll back even over files changed since apply (a copy is kept).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def rollback(**kwargs: Any) -> None:
+    """Restore every file qpatch changed, byte-exact, restart and health-check."""
+    _dispatch(_not_implemented("rollback"), **kwargs)
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def status(**kwargs: Any) -> None:
+    """Show what qpatch applied to TARGET, and its history."""
+    _dispatch(_not_implemented("status"), **kwargs)
+
+
+@cli.command()
+def patches() -> None:
+    """List the bundled patches."""
+    _dispatch(_not_implemented("patches"))
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the demo container afterwards.")
+def demo(**kwargs: Any) -> None:
+    """Build the test-bed ComfyUI, start it as container qpatch-demo, apply, verify, roll back."""
+    _dispatch(_not_implemented("demo"), **kwargs)
+
+
+def main() -> int:
+    cli(prog_name="qpatch")
+    return 0
