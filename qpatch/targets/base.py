@@ -1,0 +1,80 @@
+"""The one small interface every place ComfyUI can live in implements (DESIGN.md
+"Target"), so the engine never knows whether it talks to Docker or this host."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from qpatch.errors import QpatchError
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+    def check(self, what: str) -> ExecResult:
+        """Raise with the command's own words when it failed: the user needs them."""
+        if self.exit_code != 0:
+            err = (self.stderr or self.stdout).decode("utf-8", errors="replace").strip()
+            raise QpatchError(f"{what} failed (exit status {self.exit_code}): {err[-800:]}")
+        return self
+
+
+@dataclass(frozen=True)
+class TargetState:
+    running: bool
+    restarts: int  # how often the runtime restarted it: a climbing count is a restart loop
+    detail: str  # for people: "running", "exited (exit code 2)"
+
+
+@dataclass(frozen=True)
+class FileStat:
+    mode: int  # permission bits only (0o777 plus setuid/setgid/sticky)
+    uid: int
+    gid: int
+    size: int
+
+
+class Target(Protocol):
+    """A ComfyUI installation qpatch can read, write, run commands in and restart."""
+
+    #: for people: "container qpatch-demo (3f2a…)", "local:/srv/ComfyUI"
+    description: str
+    #: stable and path-safe: names the ledger folder and the host mirror
+    key: str
+    #: how `qpatch verify` etc. find it again: the container name, or "local:PATH"
+    ref: str
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult: ...
+
+    def read_file(self, path: str) -> tuple[bytes, FileStat]: ...
+
+    def write_file(self, path: str, data: bytes, stat: FileStat) -> None:
+        """Atomic: a temp file in the same folder, then a rename."""
+
+    def exists(self, path: str) -> bool: ...
+
+    def state(self) -> TargetState: ...
+
+    def restart(self) -> None:
+        """Stop ComfyUI and start it again; return once the start has been issued."""
+
+    def host_pids(self) -> list[int]:
+        """PIDs of the target's processes as this host sees them (for NVML)."""
+
+    def logs(self, tail: int = 20) -> str: ...

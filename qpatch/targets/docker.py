@@ -1,0 +1,170 @@
+"""A ComfyUI in a Docker container, through the Docker SDK only (never the docker CLI):
+files as tar streams, commands as argv lists, restart without waiting out the stop
+timeout."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+
+from qpatch.errors import BadInput, QpatchError
+from qpatch.targets import procs, tarsafe
+from qpatch.targets.base import ExecResult, FileStat, TargetState
+
+#: How long to wait for the container to end by itself after ComfyUI got SIGTERM. The
+#: test bed ends in 0.5 s; a script ending in `tail -f` never does, and gets a restart.
+SELF_EXIT_WAIT_S = 8
+
+
+def connect() -> docker.DockerClient:
+    """The engine DOCKER_HOST names (ssh:// too), or the local socket."""
+    where = os.environ.get("DOCKER_HOST", "the local socket")
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise BadInput(
+            f"Docker engine unreachable at {where}: {e}",
+            hint="start the engine (scripts/ensure-docker does) or set DOCKER_HOST",
+        ) from e
+    return client
+
+
+class DockerTarget:
+    def __init__(self, ref: str, client: docker.DockerClient | None = None) -> None:
+        client = client or connect()
+        try:
+            self.container: Container = client.containers.get(ref)
+        except docker.errors.NotFound as e:
+            raise BadInput(
+                f"no such container: {ref}", hint="`docker ps` lists the running ones"
+            ) from e
+        except docker.errors.APIError as e:  # e.g. an ambiguous ID prefix
+            raise BadInput(f"container {ref!r}: {e.explanation or e}") from e
+        name = self.container.name
+        self.ref = name
+        self.key = "docker-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        self.description = f"container {name} ({self.container.short_id})"
+        state = self.container.attrs["State"]
+        if state.get("Status") != "running":
+            raise BadInput(
+                f"{self.description} is not running (status {state.get('Status')})",
+                hint=f"start it first: docker start {name}",
+            )
+
+    # ------------------------------------------------------------------ commands
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        cmd = list(argv)
+        if timeout is not None:  # exec_run has no timeout of its own
+            cmd = ["timeout", "-k", "2", str(max(1, int(timeout))), *cmd]
+        try:
+            code, (out, err) = self.container.exec_run(
+                cmd, demux=True, workdir=cwd, environment=dict(env) if env else None
+            )
+        except docker.errors.APIError as e:
+            raise QpatchError(f"exec in {self.description} failed: {e.explanation or e}") from e
+        return ExecResult(code if code is not None else -1, out or b"", err or b"")
+
+    # ------------------------------------------------------------------ files
+
+    def read_file(self, path: str) -> tuple[bytes, FileStat]:
+        try:
+            stream, stat = self.container.get_archive(path)
+        except docker.errors.NotFound as e:
+            raise BadInput(f"{path}: no such file in {self.description}") from e
+        if stat.get("linkTarget"):
+            real = self.exec(["readlink", "-f", path]).check(f"resolving link {path}")
+            return self.read_file(real.text.strip())
+        data, info = tarsafe.read_single_file(stream, posixpath.basename(path))
+        return data, FileStat(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid, size=info.size)
+
+    def write_file(self, path: str, data: bytes, stat: FileStat) -> None:
+        folder = posixpath.dirname(path) or "/"
+        tmp_name = f".qpatch-{uuid.uuid4().hex[:12]}.tmp"
+        tmp = posixpath.join(folder, tmp_name)
+        archive = tarsafe.single_file_tar(
+            tmp_name, data, mode=stat.mode, uid=stat.uid, gid=stat.gid
+        )
+        try:
+            if not self.container.put_archive(folder, archive):
+                raise QpatchError(f"could not write into {folder} in {self.description}")
+        except docker.errors.APIError as e:
+            raise QpatchError(f"writing {path}: {e.explanation or e}") from e
+        moved = self.exec(["mv", "-f", tmp, path])
+        if moved.exit_code != 0:
+            self.exec(["rm", "-f", tmp])
+            moved.check(f"renaming the new {path} into place")
+
+    def exists(self, path: str) -> bool:
+        return self.exec(["test", "-e", path]).exit_code == 0
+
+    # ------------------------------------------------------------------ process
+
+    def state(self) -> TargetState:
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return TargetState(False, 0, "removed")
+        s = self.container.attrs["State"]
+        detail = (
+            s.get("Status", "?")
+            if s.get("Running")
+            else (f"{s.get('Status')} (exit code {s.get('ExitCode')})")
+        )
+        restarts = int(self.container.attrs.get("RestartCount", 0))
+        return TargetState(bool(s.get("Running")), restarts, detail)
+
+    def is_running(self) -> bool:
+        return self.state().running
+
+    def start(self) -> None:
+        self.container.start()
+
+    def server_processes(self) -> list[procs.Proc]:
+        if not self.is_running():
+            return []
+        return procs.comfyui_servers(self.exec(procs.SCAN_ARGV).text)
+
+    def restart(self) -> None:
+        """SIGTERM ComfyUI's python so the one-click script (PID 1, bash, deaf to SIGTERM)
+        ends by itself, then start the container: 0.5 s instead of Docker's 10 s stop
+        timeout. Falls back to a plain restart when the container does not exit."""
+        if not self.is_running():
+            self.container.start()
+            return
+        servers = [p for p in self.server_processes() if p.pid != 1]
+        if servers:
+            for p in servers:
+                self.exec(["kill", "-TERM", str(p.pid)])
+            try:
+                self.container.wait(timeout=SELF_EXIT_WAIT_S)
+            except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
+                self.container.restart(timeout=10)
+                return
+            self.container.start()
+            return
+        self.container.restart(timeout=10)
+
+    def host_pids(self) -> list[int]:
+        top = self.container.top()
+        col = top["Titles"].index("PID")
+        return [int(row[col]) for row in top.get("Processes") or []]
+
+    def logs(self, tail: int = 20) -> str:
+        return self.container.logs(tail=tail).decode("utf-8", errors="replace")
