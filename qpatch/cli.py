@@ -11,23 +11,28 @@ import click
 
 from qpatch import __version__
 from qpatch.errors import QpatchError
+from qpatch.output import Console
 
 DEFAULT_PATCH = "qwen-image-2512"
 
 
-def _not_implemented(name: str) -> Callable[..., int]:
-    def run(**_: Any) -> int:
-        raise QpatchError(f"qpatch {name}: not implemented yet")
-
-    return run
-
-
-def _dispatch(fn: Callable[..., int], **kwargs: Any) -> None:
+def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> None:
+    """Run one command; every error becomes a message, a status, and with --json an object."""
+    out = Console(as_json)
+    result: dict[str, Any] = {}
     try:
-        code = fn(**kwargs)
+        code = fn(out, result, **kwargs)
     except QpatchError as e:
         click.secho(f"qpatch: {e}", fg="red", err=True)
+        result.setdefault("status", "error")
+        result["error"] = str(e)
         code = e.exit_code
+    except KeyboardInterrupt:
+        click.secho("qpatch: interrupted", fg="red", err=True)
+        code = 130
+    result["exit_code"] = code
+    result.setdefault("findings", [])
+    out.result(result)
     sys.exit(code)
 
 
@@ -48,42 +53,91 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("target")
-@click.option("--patch", "patch", default=DEFAULT_PATCH, show_default=True,
-              help="Bundled patch name or path to a patch YAML file.")
+@click.option(
+    "--patch",
+    "patch",
+    default=DEFAULT_PATCH,
+    show_default=True,
+    help="Bundled patch name or path to a patch YAML file.",
+)
 @click.option("--dry-run", is_flag=True, help="Print diffs and findings; write nothing.")
 @click.option("--no-restart", is_flag=True, help="Write the files but do not restart ComfyUI.")
-@click.option("--recreate", is_flag=True,
-              help="For containers without a start script: recreate the container with "
-                   "the new env and flags (the original is kept under a backup name).")
-@click.option("--timeout", type=float, default=180.0, show_default=True,
-              help="Seconds to wait for ComfyUI to answer after the restart.")
+@click.option(
+    "--recreate",
+    is_flag=True,
+    help="For containers without a start script: recreate the container with "
+    "the new env and flags (the original is kept under a backup name).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for ComfyUI to answer after the restart.",
+)
 @click.option("--comfyui-root", help="ComfyUI root inside the target (default: discovered).")
 @click.option("--start-script", help="Start script inside the target (default: discovered).")
+@click.option(
+    "--restart-cmd",
+    help="local: targets: command that restarts ComfyUI "
+    "(e.g. 'systemctl restart comfyui'); default: stop the server, run the start script.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option(
+    "--measure",
+    metavar="WORKFLOW",
+    type=click.Path(dir_okay=False),
+    help="Run this API-format workflow before writing and after the restart; compare VRAM.",
+)
 def apply(**kwargs: Any) -> None:
     """Plan, back up, rewrite, validate, restart and health-check TARGET."""
-    _dispatch(_not_implemented("apply"), **kwargs)
+    from qpatch.commands.apply import apply as run
+
+    _dispatch(run, **kwargs)
 
 
 @cli.command()
 @click.argument("target", required=False)
-@click.option("--workflow", type=click.Path(dir_okay=False),
-              help="API-format workflow to run and measure.")
+@click.option(
+    "--workflow", type=click.Path(dir_okay=False), help="API-format workflow to run and measure."
+)
+@click.option(
+    "--expect-saving",
+    type=float,
+    metavar="PCT",
+    help="Exit 3 unless the measured peak VRAM saving against the baseline is at least PCT%.",
+)
+@click.option(
+    "--require-vram", is_flag=True, help="Exit 3 when VRAM cannot be measured (no NVIDIA GPU)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def verify(**kwargs: Any) -> None:
     """Check that TARGET is patched, unchanged since, healthy; measure VRAM."""
-    _dispatch(_not_implemented("verify"), **kwargs)
+    from qpatch.commands.verify import verify as run
+
+    _dispatch(run, **kwargs)
 
 
 @cli.command()
 @click.argument("target", required=False)
 @click.option("--no-restart", is_flag=True, help="Restore the files but do not restart.")
-@click.option("--force", is_flag=True,
-              help="Roll back even over files changed since apply (a copy is kept).")
+@click.option(
+    "--force", is_flag=True, help="Roll back even over files changed since apply (a copy is kept)."
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for ComfyUI to answer after the restart.",
+)
+@click.option("--restart-cmd", help="local: targets: command that restarts ComfyUI.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def rollback(**kwargs: Any) -> None:
     """Restore every file qpatch changed, byte-exact, restart and health-check."""
-    _dispatch(_not_implemented("rollback"), **kwargs)
+    from qpatch.commands.rollback import rollback as run
+
+    _dispatch(run, **kwargs)
 
 
 @cli.command()
@@ -91,20 +145,28 @@ def rollback(**kwargs: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def status(**kwargs: Any) -> None:
     """Show what qpatch applied to TARGET, and its history."""
-    _dispatch(_not_implemented("status"), **kwargs)
+    from qpatch.commands.status import status as run
+
+    _dispatch(run, **kwargs)
 
 
 @cli.command()
-def patches() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def patches(**kwargs: Any) -> None:
     """List the bundled patches."""
-    _dispatch(_not_implemented("patches"))
+    from qpatch.commands.patches import patches as run
+
+    _dispatch(run, **kwargs)
 
 
 @cli.command()
 @click.option("--keep", is_flag=True, help="Keep the demo container afterwards.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def demo(**kwargs: Any) -> None:
     """Build the test-bed ComfyUI, start it as container qpatch-demo, apply, verify, roll back."""
-    _dispatch(_not_implemented("demo"), **kwargs)
+    from qpatch.commands.demo import demo as run
+
+    _dispatch(run, **kwargs)
 
 
 def main() -> int:

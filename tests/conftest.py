@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -62,10 +63,8 @@ def start_container(
 
     yield start
     for c in started:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             c.remove(force=True, v=True)
-        except docker.errors.NotFound:
-            pass
 
 
 @pytest.fixture

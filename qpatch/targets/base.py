@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from qpatch.errors import QpatchError
+from qpatch.targets.procs import Proc
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,17 @@ class Target(Protocol):
 
     def state(self) -> TargetState: ...
 
+    def server_processes(self) -> list[Proc]:
+        """The python processes running ComfyUI's main.py, as seen inside the target."""
+
+    def configured_command(self) -> list[str] | None:
+        """What the runtime starts (a container's Entrypoint + Cmd); None where none is kept."""
+
     def restart(self) -> None:
         """Stop ComfyUI and start it again; return once the start has been issued."""
+
+    def start(self) -> None:
+        """Start ComfyUI where nothing runs (a stopped container, a dead server)."""
 
     def host_pids(self) -> list[int]:
         """PIDs of the target's processes as this host sees them (for NVML)."""

@@ -39,7 +39,9 @@ def connect() -> docker.DockerClient:
 
 
 class DockerTarget:
-    def __init__(self, ref: str, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self, ref: str, client: docker.DockerClient | None = None, *, require_running: bool = True
+    ) -> None:
         client = client or connect()
         try:
             self.container: Container = client.containers.get(ref)
@@ -54,7 +56,7 @@ class DockerTarget:
         self.key = "docker-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         self.description = f"container {name} ({self.container.short_id})"
         state = self.container.attrs["State"]
-        if state.get("Status") != "running":
+        if require_running and state.get("Status") != "running":
             raise BadInput(
                 f"{self.description} is not running (status {state.get('Status')})",
                 hint=f"start it first: docker start {name}",
@@ -95,24 +97,36 @@ class DockerTarget:
         return data, FileStat(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid, size=info.size)
 
     def write_file(self, path: str, data: bytes, stat: FileStat) -> None:
-        folder = posixpath.dirname(path) or "/"
+        folder, name = posixpath.split(path)
+        if not self.is_running():
+            # No exec in a stopped container, and nobody reads the file: write in place.
+            self._put(folder or "/", name, data, stat)
+            return
         tmp_name = f".qpatch-{uuid.uuid4().hex[:12]}.tmp"
         tmp = posixpath.join(folder, tmp_name)
-        archive = tarsafe.single_file_tar(
-            tmp_name, data, mode=stat.mode, uid=stat.uid, gid=stat.gid
-        )
-        try:
-            if not self.container.put_archive(folder, archive):
-                raise QpatchError(f"could not write into {folder} in {self.description}")
-        except docker.errors.APIError as e:
-            raise QpatchError(f"writing {path}: {e.explanation or e}") from e
+        self._put(folder or "/", tmp_name, data, stat)
         moved = self.exec(["mv", "-f", tmp, path])
         if moved.exit_code != 0:
             self.exec(["rm", "-f", tmp])
             moved.check(f"renaming the new {path} into place")
 
+    def _put(self, folder: str, name: str, data: bytes, stat: FileStat) -> None:
+        archive = tarsafe.single_file_tar(name, data, mode=stat.mode, uid=stat.uid, gid=stat.gid)
+        try:
+            if not self.container.put_archive(folder, archive):
+                raise QpatchError(f"could not write into {folder} in {self.description}")
+        except docker.errors.APIError as e:
+            raise QpatchError(f"writing {folder}/{name}: {e.explanation or e}") from e
+
     def exists(self, path: str) -> bool:
-        return self.exec(["test", "-e", path]).exit_code == 0
+        """Through the archive API, so it also answers for a stopped container."""
+        try:
+            stream, _ = self.container.get_archive(path)
+        except docker.errors.NotFound:
+            return False
+        for _chunk in stream:  # drain: the connection is reused
+            pass
+        return True
 
     # ------------------------------------------------------------------ process
 
@@ -140,6 +154,10 @@ class DockerTarget:
         if not self.is_running():
             return []
         return procs.comfyui_servers(self.exec(procs.SCAN_ARGV).text)
+
+    def configured_command(self) -> list[str] | None:
+        cfg = self.container.attrs["Config"]
+        return list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or []) or None
 
     def restart(self) -> None:
         """SIGTERM ComfyUI's python so the one-click script (PID 1, bash, deaf to SIGTERM)

@@ -15,7 +15,8 @@ from tests.conftest import TESTBED_PYTHON, StartContainer
 
 pytestmark = pytest.mark.docker
 
-WORKFLOW = Path(__file__).resolve().parents[2] / "examples" / "workflows" / "qwen_image_standin.json"
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOW = REPO / "examples" / "workflows" / "qwen_image_standin.json"
 LOAD_LINE = re.compile(r"^\[qwen_image\] load #\d+ ", re.MULTILINE)
 
 

@@ -1,0 +1,58 @@
+"""One module per command; this one holds what they all do first: find the target, take
+its lock, and finish any run that was interrupted before doing anything else."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+from qpatch.discovery import discover
+from qpatch.engine import Context, recover_interrupted
+from qpatch.errors import BadInput
+from qpatch.ledger import LedgerStore, last_target
+from qpatch.lock import target_lock
+from qpatch.output import Console
+from qpatch.targets import open_target
+
+
+@contextmanager
+def session(
+    out: Console,
+    result: dict[str, Any],
+    ref: str | None,
+    *,
+    comfyui_root: str | None = None,
+    start_script: str | None = None,
+    restart_cmd: str | None = None,
+    require_running: bool = True,
+    timeout: float = 180.0,
+    exclusive: bool = True,
+) -> Iterator[Context]:
+    """`exclusive=False` (status, dry runs) reads only: no lock, no recovery, no writes."""
+    if ref is None:
+        ref = last_target()
+        if ref is None:
+            raise BadInput("no TARGET given, and nothing was applied from this host yet")
+        out.line(f"target: {ref} (the last one applied from this host)")
+    target = open_target(
+        ref,
+        require_running=require_running,
+        start_script=start_script,
+        restart_cmd=shlex.split(restart_cmd) if restart_cmd else None,
+    )
+    layout = discover(target, root=comfyui_root, start_script=start_script)
+    if layout.start_script and hasattr(target, "start_script"):
+        target.start_script = layout.start_script  # a local server restarts through it
+    store = LedgerStore.locate(target, layout.root)
+    ctx = Context(target, layout, store, out, timeout, result)
+    result.update(target=target.ref)
+    lock: AbstractContextManager[None] = nullcontext()
+    if exclusive and target.state().running:  # a stopped container: no exec, nobody racing
+        store.ensure_folder()
+        lock = target_lock(target, store.path("lock"), warn=out.warn)
+    with lock:
+        if exclusive:
+            recover_interrupted(ctx)
+        yield ctx

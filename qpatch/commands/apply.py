@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from typing import Any
+
+from qpatch import engine
+from qpatch.commands import session
+from qpatch.errors import BadInput
+from qpatch.output import Console
+from qpatch.patchspec import load_patch
+from qpatch.plan import make_plan
+from qpatch.workflow import load_workflow
+
+
+def apply(
+    out: Console,
+    result: dict[str, Any],
+    *,
+    target: str,
+    patch: str,
+    dry_run: bool,
+    no_restart: bool,
+    recreate: bool,
+    timeout: float,
+    comfyui_root: str | None,
+    start_script: str | None,
+    restart_cmd: str | None,
+    measure: str | None = None,
+) -> int:
+    if recreate:
+        raise BadInput("--recreate is not implemented yet: use an image with a start script")
+    spec = load_patch(patch)
+    prompt = load_workflow(measure) if measure else None
+    result["patch"] = spec.name
+    with session(
+        out,
+        result,
+        target,
+        comfyui_root=comfyui_root,
+        start_script=start_script,
+        restart_cmd=restart_cmd,
+        timeout=timeout,
+        exclusive=not dry_run,
+    ) as ctx:
+        out.step(f"{ctx.target.description}: {ctx.layout.describe()}")
+        plan = make_plan(ctx.target, ctx.layout, spec)
+        return engine.apply(ctx, plan, dry_run=dry_run, restart=not no_restart, workflow=prompt)

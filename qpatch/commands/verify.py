@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from typing import Any
+
+from qpatch import engine
+from qpatch.commands import session
+from qpatch.output import Console
+from qpatch.workflow import load_workflow
+
+
+def verify(
+    out: Console,
+    result: dict[str, Any],
+    *,
+    target: str | None,
+    workflow: str | None = None,
+    expect_saving: float | None = None,
+    require_vram: bool = False,
+) -> int:
+    prompt = load_workflow(workflow) if workflow else None
+    with session(out, result, target, require_running=False) as ctx:
+        return engine.verify(
+            ctx, workflow=prompt, expect_saving=expect_saving, require_vram=require_vram
+        )

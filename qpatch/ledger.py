@@ -1,0 +1,223 @@
+"""The ledger: what qpatch did to a target, kept inside the target (so any machine can roll
+back) and mirrored on this host (so a target that lost it can still be restored).
+
+Its `state` is written before each step that changes the target, which is what lets the
+next command recover from a run that was killed half-way:
+
+    writing   backups stored, files being written
+    written   every file written, restart not begun
+    restarting  the restart was issued
+    applied   healthy after the restart (or --no-restart)
+    rolled-back / recovered   closed; history kept
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import posixpath
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qpatch.errors import QpatchError
+from qpatch.targets.base import FileStat, Target
+
+LEDGER_ROOT = "/var/lib/qpatch"
+OPEN_STATES = ("writing", "written", "restarting")
+PRIVATE = FileStat(mode=0o600, uid=0, gid=0, size=0)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def host_state_dir() -> Path:
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return base / "qpatch"
+
+
+@dataclass
+class FileRecord:
+    path: str
+    sha256_before: str
+    sha256_after: str
+    mode: int
+    uid: int
+    gid: int
+
+    @property
+    def stat(self) -> FileStat:
+        return FileStat(self.mode, self.uid, self.gid, 0)
+
+    @property
+    def backup_name(self) -> str:
+        return f"files/{self.sha256_before}"
+
+    @property
+    def patched_name(self) -> str:
+        return f"files/{self.sha256_after}"
+
+
+@dataclass
+class Ledger:
+    target: str
+    key: str
+    patch: str
+    state: str
+    comfyui_root: str
+    start_script: str | None = None
+    files: list[FileRecord] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    measurements: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    updated: float = field(default_factory=time.time)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    def event(self, what: str) -> None:
+        self.history.append({"time": time.time(), "event": what, "patch": self.patch})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Ledger:
+        files = [FileRecord(**f) for f in data.pop("files", [])]
+        return cls(files=files, **data)
+
+
+class LedgerStore:
+    """Reads and writes one target's ledger and backups, inside it and on this host."""
+
+    def __init__(self, target: Target, folder: str) -> None:
+        self.target = target
+        self.folder = folder  # inside the target
+        self.mirror = host_state_dir() / target.key
+
+    @classmethod
+    def locate(cls, target: Target, comfyui_root: str | None) -> LedgerStore:
+        """/var/lib/qpatch/<key>, or beside ComfyUI when that cannot be written.
+
+        Creates nothing: a dry run must leave the target as it was."""
+        candidates = [posixpath.join(LEDGER_ROOT, target.key)]
+        if comfyui_root:
+            candidates.append(posixpath.join(comfyui_root, ".qpatch", target.key))
+        for folder in candidates:
+            if target.exists(posixpath.join(folder, "ledger.json")):
+                return cls(target, folder)
+        for folder in candidates:
+            if _writable(target, folder):
+                return cls(target, folder)
+        raise QpatchError(
+            f"no writable place for the ledger in {target.description}: " + ", ".join(candidates)
+        )
+
+    def ensure_folder(self) -> None:
+        self.target.exec(["mkdir", "-p", self.path("files")]).check(
+            f"creating the ledger folder {self.folder}"
+        )
+
+    # ----------------------------------------------------------------- ledger
+
+    def path(self, name: str) -> str:
+        return posixpath.join(self.folder, name)
+
+    def load(self) -> Ledger | None:
+        """The target's copy; the host mirror only when the target lost it."""
+        if self.target.exists(self.path("ledger.json")):
+            data, _ = self.target.read_file(self.path("ledger.json"))
+            return Ledger.from_json(json.loads(data))
+        mirror = self.mirror / "ledger.json"
+        if mirror.is_file():
+            return Ledger.from_json(json.loads(mirror.read_text()))
+        return None
+
+    def save(self, ledger: Ledger) -> None:
+        ledger.updated = time.time()
+        data = json.dumps(ledger.to_json(), indent=2, sort_keys=True).encode()
+        self.mirror.mkdir(parents=True, exist_ok=True)
+        _atomic_host_write(self.mirror / "ledger.json", data)
+        self.target.write_file(self.path("ledger.json"), data, PRIVATE)
+        _atomic_host_write(host_state_dir() / "last-target", ledger.target.encode())
+
+    # ----------------------------------------------------------------- backups
+
+    def store_backup(self, record: FileRecord, data: bytes) -> None:
+        assert sha256(data) == record.sha256_before
+        self._store(record.backup_name, data)
+
+    def store_patched(self, record: FileRecord, data: bytes) -> None:
+        """What qpatch wrote, so verify can show a drifted file's diff against it."""
+        assert sha256(data) == record.sha256_after
+        self._store(record.patched_name, data)
+
+    def _store(self, name: str, data: bytes) -> None:
+        (self.mirror / "files").mkdir(parents=True, exist_ok=True)
+        _atomic_host_write(self.mirror / name, data)
+        self.ensure_folder()
+        self.target.write_file(self.path(name), data, PRIVATE)
+
+    def drift_diff(self, record: FileRecord) -> str:
+        mirror = self.mirror / record.patched_name
+        written = mirror.read_bytes() if mirror.is_file() else b""
+        now = self.target.read_file(record.path)[0] if self.target.exists(record.path) else b""
+        return text_diff(written, now, f"{record.path} (as written)", f"{record.path} (now)")
+
+    def backup(self, record: FileRecord) -> bytes:
+        """The original bytes, checked against their hash, from the target or the mirror."""
+        candidates: list[bytes] = []
+        if self.target.exists(self.path(record.backup_name)):
+            candidates.append(self.target.read_file(self.path(record.backup_name))[0])
+        mirror = self.mirror / record.backup_name
+        if mirror.is_file():
+            candidates.append(mirror.read_bytes())
+        for data in candidates:
+            if sha256(data) == record.sha256_before:
+                return data
+        raise QpatchError(
+            f"no intact backup of {record.path} (sha256 {record.sha256_before[:12]}…) in "
+            f"{self.path('files')} or {self.mirror / 'files'}"
+        )
+
+    def keep_drifted(self, record: FileRecord, data: bytes) -> str:
+        name = f"drifted/{posixpath.basename(record.path)}.{sha256(data)[:12]}"
+        self.target.exec(["mkdir", "-p", self.path("drifted")]).check("creating drifted/")
+        self.target.write_file(self.path(name), data, PRIVATE)
+        (self.mirror / "drifted").mkdir(parents=True, exist_ok=True)
+        _atomic_host_write(self.mirror / name, data)
+        return self.path(name)
+
+
+def text_diff(a: bytes, b: bytes, name_a: str, name_b: str) -> str:
+    lines_a = a.decode("utf-8", "replace").splitlines(keepends=True)
+    lines_b = b.decode("utf-8", "replace").splitlines(keepends=True)
+    return "".join(difflib.unified_diff(lines_a, lines_b, name_a, name_b))
+
+
+def last_target() -> str | None:
+    p = host_state_dir() / "last-target"
+    return p.read_text().strip() if p.is_file() else None
+
+
+#: Constant; the folder arrives as argv. One exec instead of one per ancestor.
+_WRITABLE = ["sh", "-c", 'd=$1; while [ ! -e "$d" ]; do d=$(dirname "$d"); done; [ -w "$d" ]', "sh"]
+
+
+def _writable(target: Target, folder: str) -> bool:
+    """Whether `folder` exists writable, or could be created under its nearest ancestor."""
+    return target.exec([*_WRITABLE, folder]).exit_code == 0
+
+
+def _atomic_host_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,87 @@
+"""The same round trip on a ComfyUI folder of this host (`local:PATH`), without a restart:
+real ComfyUI 0.14.1 source answering its own --help, real files, real ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENDOR = REPO.parent / "shared" / "vendor" / "comfyui-0.14.1"
+NODE = "custom_nodes/comfyui_qwen_image/qwen_image_loader.py"
+START = "start.sh"
+
+
+@pytest.fixture
+def comfy_root(tmp_path: Path) -> Path:
+    root = tmp_path / "ComfyUI"
+    shutil.copytree(VENDOR, root)
+    for p in [root, *root.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)  # the vendored tree is read-only
+    shutil.copytree(
+        REPO / "testbed" / "custom_nodes" / "comfyui_qwen_image",
+        root / "custom_nodes" / "comfyui_qwen_image",
+    )
+    (root / START).write_text(
+        '#!/bin/bash\ncd "$(dirname "$0")"\npython3 main.py --listen 127.0.0.1 --port 8188 --cpu\n'
+    )
+    return root
+
+
+def qpatch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    return subprocess.run(
+        [sys.executable, "-m", "qpatch", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def hashes(root: Path) -> dict[str, str]:
+    return {p: hashlib.sha256((root / p).read_bytes()).hexdigest() for p in (NODE, START)}
+
+
+def test_local_round_trip_without_restart(comfy_root: Path, tmp_path: Path) -> None:
+    target = f"local:{comfy_root}"
+    before = hashes(comfy_root)
+    mode = (comfy_root / START).stat().st_mode
+    try:
+        applied = qpatch(tmp_path, "apply", target, "--no-restart", "--json")
+        assert applied.returncode == 0, applied.stderr
+        result = json.loads(applied.stdout)
+        assert result["status"] == "applied"
+        after = hashes(comfy_root)
+        assert after != before
+        assert after == {
+            str(Path(f["path"]).relative_to(comfy_root)): f["sha256_after"] for f in result["files"]
+        }
+        assert "checkpoint(self.model" in (comfy_root / NODE).read_text()
+        assert "--disable-cuda-malloc" in (comfy_root / START).read_text()
+        assert (comfy_root / START).stat().st_mode == mode
+
+        # No server runs here: verify says the files are as written, and that nothing answers.
+        verified = qpatch(tmp_path, "verify", "--json")
+        assert verified.returncode == 3
+        checks = {c["check"]: c["ok"] for c in json.loads(verified.stdout)["checks"]}
+        assert checks["healthy"] is False
+        assert all(ok for name, ok in checks.items() if name != "healthy")
+
+        rolled = qpatch(tmp_path, "rollback", target, "--no-restart")
+        assert rolled.returncode == 0, rolled.stderr
+        assert hashes(comfy_root) == before
+        assert (comfy_root / START).stat().st_mode == mode
+    finally:
+        status = qpatch(tmp_path, "status", target, "--json")
+        ledger = json.loads(status.stdout).get("ledger")
+        if ledger:
+            shutil.rmtree(ledger, ignore_errors=True)
