@@ -120,6 +120,11 @@ class LedgerStore:
             f"no writable place for the ledger in {target.description}: " + ", ".join(candidates)
         )
 
+    def remove_empty(self) -> None:
+        """Undo ensure_folder() for a command that ended before writing anything."""
+        self.target.exec(["rm", "-rf", self.folder])
+        self.target.exec(["rmdir", posixpath.dirname(self.folder)])  # only if now empty
+
     def ensure_folder(self) -> None:
         self.target.exec(["mkdir", "-p", self.path("files")]).check(
             f"creating the ledger folder {self.folder}"

@@ -49,10 +49,16 @@ def session(
     ctx = Context(target, layout, store, out, timeout, result)
     result.update(target=target.ref)
     lock: AbstractContextManager[None] = nullcontext()
+    created = False
     if exclusive and target.state().running:  # a stopped container: no exec, nobody racing
+        created = not target.exists(store.folder)
         store.ensure_folder()
         lock = target_lock(target, store.path("lock"), warn=out.warn)
-    with lock:
-        if exclusive:
-            recover_interrupted(ctx)
-        yield ctx
+    try:
+        with lock:
+            if exclusive:
+                recover_interrupted(ctx)
+            yield ctx
+    finally:
+        if created and not target.exists(store.path("ledger.json")):
+            store.remove_empty()  # refused before any write: leave no trace either
