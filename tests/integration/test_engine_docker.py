@@ -41,6 +41,17 @@ def qpatch(
     )
 
 
+def spawn_apply(name: str) -> subprocess.Popen[str]:
+    """`qpatch apply NAME` in the background, for faults injected while it runs."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "qpatch", "apply", name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
 def hashes(container: Container) -> dict[str, str]:
     target = DockerTarget(container.name, require_running=False)
     return {p: hashlib.sha256(target.read_file(p)[0]).hexdigest() for p in FILES}
@@ -118,13 +129,7 @@ def test_container_stopped_during_the_health_wait(comfy_container: Container) ->
     before = hashes(comfy_container)
     comfy_container.reload()
     started = comfy_container.attrs["State"]["StartedAt"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qpatch", "apply", comfy_container.name],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    proc = spawn_apply(comfy_container.name)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait for qpatch's restart, then stop the container
         comfy_container.reload()
@@ -201,13 +206,7 @@ def test_drifted_file_refuses_rollback_until_forced_and_keeps_the_copy(
 
 def test_two_applies_at_once_one_is_refused_by_the_lock(comfy_container: Container) -> None:
     lock = f"/var/lib/qpatch/docker-{comfy_container.name}/lock"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "qpatch", "apply", comfy_container.name],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    first = spawn_apply(comfy_container.name)
     deadline = time.monotonic() + 60
     while comfy_container.exec_run(["test", "-e", lock]).exit_code != 0:
         assert time.monotonic() < deadline and first.poll() is None
