@@ -36,6 +36,16 @@ def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> N
     sys.exit(code)
 
 
+JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+TIMEOUT = click.option(
+    "--timeout",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for ComfyUI to answer after the restart.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qpatch")
 def cli() -> None:
@@ -68,13 +78,7 @@ def cli() -> None:
     help="For containers without a start script: recreate the container with "
     "the new env and flags (the original is kept under a backup name).",
 )
-@click.option(
-    "--timeout",
-    type=float,
-    default=180.0,
-    show_default=True,
-    help="Seconds to wait for ComfyUI to answer after the restart.",
-)
+@TIMEOUT
 @click.option("--comfyui-root", help="ComfyUI root inside the target (default: discovered).")
 @click.option("--start-script", help="Start script inside the target (default: discovered).")
 @click.option(
@@ -82,7 +86,7 @@ def cli() -> None:
     help="local: targets: command that restarts ComfyUI "
     "(e.g. 'systemctl restart comfyui'); default: stop the server, run the start script.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@JSON
 @click.option(
     "--measure",
     metavar="WORKFLOW",
@@ -110,7 +114,7 @@ def apply(**kwargs: Any) -> None:
 @click.option(
     "--require-vram", is_flag=True, help="Exit 3 when VRAM cannot be measured (no NVIDIA GPU)."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@JSON
 def verify(**kwargs: Any) -> None:
     """Check that TARGET is patched, unchanged since, healthy; measure VRAM."""
     from qpatch.commands.verify import verify as run
@@ -124,15 +128,9 @@ def verify(**kwargs: Any) -> None:
 @click.option(
     "--force", is_flag=True, help="Roll back even over files changed since apply (a copy is kept)."
 )
-@click.option(
-    "--timeout",
-    type=float,
-    default=180.0,
-    show_default=True,
-    help="Seconds to wait for ComfyUI to answer after the restart.",
-)
+@TIMEOUT
 @click.option("--restart-cmd", help="local: targets: command that restarts ComfyUI.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@JSON
 def rollback(**kwargs: Any) -> None:
     """Restore every file qpatch changed, byte-exact, restart and health-check."""
     from qpatch.commands.rollback import rollback as run
@@ -142,7 +140,7 @@ def rollback(**kwargs: Any) -> None:
 
 @cli.command()
 @click.argument("target", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@JSON
 def status(**kwargs: Any) -> None:
     """Show what qpatch applied to TARGET, and its history."""
     from qpatch.commands.status import status as run
@@ -151,7 +149,7 @@ def status(**kwargs: Any) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@JSON
 def patches(**kwargs: Any) -> None:
     """List the bundled patches."""
     from qpatch.commands.patches import patches as run
@@ -161,7 +159,7 @@ def patches(**kwargs: Any) -> None:
 
 @cli.command()
 @click.option("--keep", is_flag=True, help="Keep the demo container afterwards.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@JSON
 def demo(**kwargs: Any) -> None:
     """Build the test-bed ComfyUI, start it as container qpatch-demo, apply, verify, roll back."""
     from qpatch.commands.demo import demo as run
