@@ -7,15 +7,14 @@ target, lets the next command finish a run that was killed half-way."""
 
 from __future__ import annotations
 
-import os
-import signal
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qpatch import health, vram
+from qpatch import health, recreate, vram
 from qpatch.comfy_api import ComfyAPI
 from qpatch.discovery import Layout
 from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError, Restored
+from qpatch.faults import fault_point
 from qpatch.ledger import FileRecord, Ledger, LedgerStore, sha256
 from qpatch.output import Console
 from qpatch.plan import FileEdit, Plan, unified_diff
@@ -38,13 +37,6 @@ class Context:
     @property
     def api(self) -> ComfyAPI:
         return ComfyAPI(self.target, self.layout.python, self.layout.port)
-
-
-def fault_point(name: str) -> None:
-    """Fault injection for the tests that prove nothing is lost: QPATCH_FAULT=<name> kills
-    this process at that point exactly as `kill -9` would."""
-    if os.environ.get("QPATCH_FAULT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -96,6 +88,8 @@ def _current_sha(target: Target, path: str) -> str | None:
 
 
 def manual_steps(ctx: Context, ledger: Ledger) -> str:
+    if ledger.recreate is not None:
+        return recreate.manual_steps(ledger.recreate)
     lines = [f"Restore by hand in {ctx.target.description}:"]
     for rec in ledger.files:
         lines.append(
@@ -108,6 +102,8 @@ def manual_steps(ctx: Context, ledger: Ledger) -> str:
 
 def undo(ctx: Context, ledger: Ledger, cause: Exception, *, restart: bool) -> QpatchError:
     """After a failure past the first write: originals back, server back, exit 1 (or 4)."""
+    if ledger.recreate is not None:
+        return recreate.undo(ctx, ledger, cause)
     ctx.out.warn(f"{cause}; restoring the originals")
     logs = ctx.target.logs(20)
     try:
@@ -139,6 +135,10 @@ def recover_interrupted(ctx: Context) -> None:
         "restoring the originals first"
     )
     try:
+        if ledger.recreate is not None:
+            recreate.recover(ctx, ledger)
+            ctx.out.ok("recovered: the original container is back as it was")
+            return
         restore_files(ctx, ledger)
         was_restarting = ledger.state == "restarting"
         ledger.state = "recovered"
@@ -180,6 +180,8 @@ def apply(
     previous = ctx.store.load()
     findings = [str(f) for f in plan.report.findings]
     ctx.result.update(patch=plan.patch_name, files=file_rows(edits=plan.edits), findings=findings)
+    if plan.container is not None:
+        ctx.result["container"] = plan.container.to_json()
     for f in plan.report.findings:
         out.warn(str(f)) if f.severity == "warning" else out.line(f"  {f}")
     if not plan.changed:
@@ -197,6 +199,8 @@ def apply(
     if dry_run:
         for edit in plan.changed_edits:
             out.line(unified_diff(edit))
+        if plan.container is not None and plan.recreates:
+            out.line(plan.container.describe())
         ctx.result["status"] = "dry-run"
         out.ok("dry run: nothing was written")
         return 0
@@ -216,6 +220,8 @@ def apply(
         history=previous.history if previous else [],
         measurements={"baseline": baseline.to_json()} if baseline else {},
     )
+    if plan.recreates:
+        recreate.prepare(ctx, plan, ledger)  # the original stays untouched from here on
     for edit in plan.changed_edits:
         rec = FileRecord(
             edit.path,
@@ -229,21 +235,12 @@ def apply(
         ctx.store.store_patched(rec, edit.after)
         ledger.files.append(rec)
     ctx.store.save(ledger)
-    out.step(f"backed up {len(ledger.files)} file(s) to {ctx.store.folder} and {ctx.store.mirror}")
+    where = "" if ctx.store.host_only else f"{ctx.store.folder} and "
+    out.step(f"backed up {len(ledger.files)} file(s) to {where}{ctx.store.mirror}")
 
-    restarted = False
     try:
-        for edit in plan.changed_edits:
-            ctx.target.write_file(edit.path, edit.after, edit.stat)
-            out.step(f"wrote {edit.path}")
-        fault_point("after-write")
-        ledger.state = "written"
-        ctx.store.save(ledger)
-        if restart:
-            ledger.state = "restarting"
-            ctx.store.save(ledger)
-            restarted = True
-            stats = restart_and_wait(ctx, "to load the patch")
+        stats = _write_and_restart(ctx, plan, ledger, restart)
+        if stats is not None:
             ctx.result["argv"] = stats["system"].get("argv")
             if baseline is not None:  # a workflow that fails patched is a failed apply
                 after = measure(ctx, workflow, "after, patched", seed=baseline.seed)
@@ -255,6 +252,7 @@ def apply(
         ledger.event("applied" + ("" if restart else " (not restarted)"))
         ctx.store.save(ledger)
     except (Exception, KeyboardInterrupt) as e:
+        restarted = restart and ledger.state in ("restarting", "applied")
         raise undo(ctx, ledger, e, restart=restarted) from e
     ctx.result["status"] = "applied"
     ctx.result["measurements"] = ledger.measurements
@@ -264,6 +262,26 @@ def apply(
         if baseline is not None:
             out.warn("no measurement after the patch: the server still runs the old code")
     return 0
+
+
+def _write_and_restart(
+    ctx: Context, plan: Plan, ledger: Ledger, restart: bool
+) -> dict[str, Any] | None:
+    """Write every file and restart (or recreate the container); /system_stats once
+    healthy, None when not restarted. The ledger's state follows each step."""
+    if plan.recreates:
+        return recreate.apply(ctx, plan, ledger)
+    for edit in plan.changed_edits:
+        ctx.target.write_file(edit.path, edit.after, edit.stat)
+        ctx.out.step(f"wrote {edit.path}")
+    fault_point("after-write")
+    ledger.state = "written"
+    ctx.store.save(ledger)
+    if not restart:
+        return None
+    ledger.state = "restarting"
+    ctx.store.save(ledger)
+    return restart_and_wait(ctx, "to load the patch")
 
 
 # --------------------------------------------------------------------------- verify
@@ -301,6 +319,9 @@ def verify(
         else:
             check(f"unchanged {rec.path}", False, "drift: changed since qpatch wrote it")
             out.line(ctx.store.drift_diff(rec))
+    if ledger.recreate is not None:
+        for name, ok, detail in recreate.checks(ctx, ledger):
+            check(name, ok, detail)
     stats = ctx.api.system_stats()
     check("healthy", stats is not None, "answers /system_stats" if stats else "no answer")
     if workflow is not None and stats is not None:
@@ -350,6 +371,7 @@ def rollback(ctx: Context, *, restart: bool, force: bool) -> int:
         out.ok("nothing to roll back")
         return 0
     ctx.result.update(patch=ledger.patch, files=file_rows(ledger), findings=ledger.findings)
+    ctx.store.host_only = ledger.recreate is not None  # the replacement goes: keep on the host
     drifted = []
     for rec in ledger.files:
         now = _current_sha(ctx.target, rec.path)
@@ -364,6 +386,11 @@ def rollback(ctx: Context, *, restart: bool, force: bool) -> int:
     for rec in drifted:
         kept = ctx.store.keep_drifted(rec, ctx.target.read_file(rec.path)[0])
         out.warn(f"{rec.path} had changed since apply: kept a copy at {kept}")
+    if ledger.recreate is not None:
+        recreate.rollback(ctx, ledger, restart=restart)
+        ctx.result["status"] = "rolled-back"
+        out.ok(f"rolled back {ledger.patch}: the original container is back, as it was")
+        return 0
     try:
         restore_files(ctx, ledger)
     except QpatchError as e:
@@ -399,6 +426,9 @@ def status(ctx: Context) -> int:
         ledger=ctx.store.folder,
     )
     ctx.out.line(f"{ctx.target.description}: {ledger.patch} — {ledger.state}")
+    if ledger.recreate is not None and ledger.state not in CLOSED:
+        ctx.result["recreate"] = asdict(ledger.recreate)
+        ctx.out.line(recreate.describe(ledger.recreate))
     for rec in ledger.files:
         now = _current_sha(ctx.target, rec.path)
         word = {rec.sha256_after: "patched", rec.sha256_before: "original"}.get(now, "changed")

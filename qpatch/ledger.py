@@ -8,7 +8,11 @@ next command recover from a run that was killed half-way:
     written   every file written, restart not begun
     restarting  the restart was issued
     applied   healthy after the restart (or --no-restart)
-    rolled-back / recovered   closed; history kept
+    rolled-back / recovered / restored   closed; history kept
+
+A container recreated with `apply --recreate` (qpatch.recreate) records the swap in
+`recreate`; until the replacement exists its ledger lives on this host only, so the
+original container keeps nothing of qpatch.
 """
 
 from __future__ import annotations
@@ -63,6 +67,22 @@ class FileRecord:
 
 
 @dataclass
+class Recreated:
+    """The container swap of `apply --recreate`: enough to put the original back by hand."""
+
+    name: str  # the container's name, which the replacement takes over
+    original_id: str
+    backup_name: str  # the original's name while it waits, stopped
+    restart_policy: dict[str, Any]  # the original's; "no" while it waits, so it stays down
+    image: str  # tag of the commit of the original (the replacement's image)
+    image_id: str | None = None
+    replacement_id: str | None = None
+    entrypoint: list[str] | None = None  # the replacement's, as planned
+    cmd: list[str] | None = None
+    env: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Ledger:
     target: str
     key: str
@@ -77,6 +97,7 @@ class Ledger:
     measurements: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     updated: float = field(default_factory=time.time)
+    recreate: Recreated | None = None
 
     @property
     def is_open(self) -> bool:
@@ -91,7 +112,8 @@ class Ledger:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Ledger:
         files = [FileRecord(**f) for f in data.pop("files", [])]
-        return cls(files=files, **data)
+        swap = data.pop("recreate", None)
+        return cls(files=files, recreate=Recreated(**swap) if swap else None, **data)
 
 
 class LedgerStore:
@@ -101,6 +123,8 @@ class LedgerStore:
         self.target = target
         self.folder = folder  # inside the target
         self.mirror = host_state_dir() / target.key
+        #: Write on this host only: the original of a recreated container stays untouched.
+        self.host_only = False
 
     @classmethod
     def locate(cls, target: Target, comfyui_root: str | None) -> LedgerStore:
@@ -116,6 +140,8 @@ class LedgerStore:
         for folder in candidates:
             if _writable(target, folder):
                 return cls(target, folder)
+        if not target.state().running:  # a stopped container: no exec; the mirror answers
+            return cls(target, candidates[0])
         raise QpatchError(
             f"no writable place for the ledger in {target.description}: " + ", ".join(candidates)
         )
@@ -150,7 +176,8 @@ class LedgerStore:
         data = json.dumps(ledger.to_json(), indent=2, sort_keys=True).encode()
         self.mirror.mkdir(parents=True, exist_ok=True)
         _atomic_host_write(self.mirror / "ledger.json", data)
-        self.target.write_file(self.path("ledger.json"), data, PRIVATE)
+        if not self.host_only:
+            self.target.write_file(self.path("ledger.json"), data, PRIVATE)
         _atomic_host_write(host_state_dir() / "last-target", ledger.target.encode())
 
     # ----------------------------------------------------------------- backups
@@ -167,8 +194,16 @@ class LedgerStore:
     def _store(self, name: str, data: bytes) -> None:
         (self.mirror / "files").mkdir(parents=True, exist_ok=True)
         _atomic_host_write(self.mirror / name, data)
+        if not self.host_only:
+            self.ensure_folder()
+            self.target.write_file(self.path(name), data, PRIVATE)
+
+    def copy_to_target(self, ledger: Ledger) -> None:
+        """Put the backups kept on this host only (host_only) into the target as well."""
         self.ensure_folder()
-        self.target.write_file(self.path(name), data, PRIVATE)
+        for rec in ledger.files:
+            for name in (rec.backup_name, rec.patched_name):
+                self.target.write_file(self.path(name), (self.mirror / name).read_bytes(), PRIVATE)
 
     def drift_diff(self, record: FileRecord) -> str:
         mirror = self.mirror / record.patched_name
@@ -194,10 +229,12 @@ class LedgerStore:
 
     def keep_drifted(self, record: FileRecord, data: bytes) -> str:
         name = f"drifted/{posixpath.basename(record.path)}.{sha256(data)[:12]}"
-        self.target.exec(["mkdir", "-p", self.path("drifted")]).check("creating drifted/")
-        self.target.write_file(self.path(name), data, PRIVATE)
         (self.mirror / "drifted").mkdir(parents=True, exist_ok=True)
         _atomic_host_write(self.mirror / name, data)
+        if self.host_only:
+            return str(self.mirror / name)
+        self.target.exec(["mkdir", "-p", self.path("drifted")]).check("creating drifted/")
+        self.target.write_file(self.path(name), data, PRIVATE)
         return self.path(name)
 
 

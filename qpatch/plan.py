@@ -8,17 +8,20 @@ import difflib
 import posixpath
 from dataclasses import dataclass, field
 
-from qpatch import comfy_flags, envcheck, startup
+from qpatch import comfy_flags, container_command, envcheck, startup
 from qpatch.codemods import run_codemod
+from qpatch.container_command import ContainerChange
 from qpatch.discovery import Layout
 from qpatch.errors import BadInput
 from qpatch.patchspec import CodemodStep, Patch, StartupStep
 from qpatch.report import Report
 from qpatch.targets.base import FileStat, Target
+from qpatch.targets.docker import DockerTarget
 
-#: Compiles a copy of a rewritten file with the target's own interpreter. Constant; the
-#: temp path arrives as argv.
-_COMPILE = "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)"
+#: Compiles a copy of a rewritten file with the target's own interpreter, writing no .pyc
+#: (py_compile would leave a __pycache__ behind in the target). Constant; the temp path
+#: arrives as argv.
+_COMPILE = "import sys; compile(open(sys.argv[1], 'rb').read(), sys.argv[1], 'exec')"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Plan:
     report: Report
     env: dict[str, str] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
+    #: The new Env and command of a container with no start script (apply --recreate).
+    container: ContainerChange | None = None
 
     @property
     def changed_edits(self) -> list[FileEdit]:
@@ -47,7 +52,12 @@ class Plan:
 
     @property
     def changed(self) -> bool:
-        return bool(self.changed_edits)
+        return bool(self.changed_edits) or self.recreates
+
+    @property
+    def recreates(self) -> bool:
+        """Whether applying needs the container recreated (its Env or command change)."""
+        return self.container is not None and self.container.changed
 
     def validate(self, target: Target) -> None:
         """Before any write: every file can be replaced, every Python file compiles there."""
@@ -89,12 +99,14 @@ def unified_diff(edit: FileEdit) -> str:
 # --------------------------------------------------------------------------- making it
 
 
-def make_plan(target: Target, layout: Layout, patch: Patch) -> Plan:
+def make_plan(target: Target, layout: Layout, patch: Patch, *, recreate: bool = False) -> Plan:
+    """`recreate`: a container with no start script may get a new Env and command."""
     report = Report()
     contents: dict[str, tuple[bytes, FileStat]] = {}  # path -> (current planned bytes, stat)
     originals: dict[str, bytes] = {}
     env: dict[str, str] = {}
     flags: list[str] = []
+    container: ContainerChange | None = None
     for step in patch.steps:
         if isinstance(step, CodemodStep):
             for path in _expand(target, layout.root, step.file):
@@ -105,6 +117,17 @@ def make_plan(target: Target, layout: Layout, patch: Patch) -> Plan:
                 new, rep = run_codemod(step.codemod, data, path=path, options=step.options)
                 contents[path] = (new, stat)
                 _merge(report, rep, f"{posixpath.basename(path)}")
+        elif isinstance(step, StartupStep) and layout.start_script is None:
+            container, rep, env, flags = _plan_container(target, layout, patch.name, step)
+            _merge(report, rep, "container")
+            if container.changed and not recreate:
+                raise BadInput(
+                    f"{target.description} starts ComfyUI straight from its command, with no "
+                    "start script to carry the env and flags, and a running container's Env "
+                    "and command cannot be changed; nothing was changed",
+                    hint="pass --recreate to recreate the container with them (the original "
+                    "is kept, stopped, for rollback), or --start-script",
+                )
         elif isinstance(step, StartupStep):
             path, new, rep, env, flags = _plan_startup(target, layout, patch.name, step)
             if path not in contents:
@@ -113,7 +136,7 @@ def make_plan(target: Target, layout: Layout, patch: Patch) -> Plan:
             contents[path] = (new, contents[path][1])
             _merge(report, rep, posixpath.basename(path))
     edits = [FileEdit(p, originals[p], data, stat) for p, (data, stat) in contents.items()]
-    return Plan(patch.name, edits, report, env, flags)
+    return Plan(patch.name, edits, report, env, flags, container)
 
 
 def _merge(into: Report, rep: Report, where: str) -> None:
@@ -141,19 +164,55 @@ def _expand(target: Target, root: str, pattern: str) -> list[str]:
 def _plan_startup(
     target: Target, layout: Layout, patch_name: str, step: StartupStep
 ) -> tuple[str, bytes, Report, dict[str, str], list[str]]:
-    if layout.start_script is None:
-        raise BadInput(
-            f"{target.description} starts ComfyUI straight from its command, with no start "
-            "script to carry the env and flags",
-            hint="pass --start-script, or --recreate to recreate the container with them",
-        )
+    assert layout.start_script is not None
     data, _ = target.read_file(layout.start_script)
     launches = startup.find_launches(data)
     if not launches:
         raise BadInput(f"{layout.start_script}: no ComfyUI launch command found")
-    report = Report()
-    cli = _ask_comfyui(target, layout, launches[0])
     existing = [f for launch in launches for f in launch.flags]
+    flag_edits, env, report = _flags_and_env(target, layout, step, launches[0], existing)
+    new, edit_report = startup.edit_start_script(
+        data, patch_name=patch_name, env=env, flags=flag_edits, path=layout.start_script
+    )
+    report.extend(edit_report)
+    return layout.start_script, new, report, env, [e.name for e in flag_edits]
+
+
+def _plan_container(
+    target: Target, layout: Layout, patch_name: str, step: StartupStep
+) -> tuple[ContainerChange, Report, dict[str, str], list[str]]:
+    """The Env and command of a container that launches main.py itself."""
+    if not isinstance(target, DockerTarget):
+        raise BadInput(
+            f"no start script found for {target.description}",
+            hint="name the script that starts ComfyUI with --start-script",
+        )
+    config = target.container.attrs["Config"]
+    entrypoint, cmd = config.get("Entrypoint"), config.get("Cmd")
+    launch = container_command.find_launch([*(entrypoint or []), *(cmd or [])])
+    flag_edits, env, report = _flags_and_env(target, layout, step, launch, list(launch.flags))
+    change = container_command.plan_change(
+        entrypoint=entrypoint,
+        cmd=cmd,
+        env_list=config.get("Env") or [],
+        env=env,
+        flags=flag_edits,
+        patch_name=patch_name,
+    )
+    report.extend(change.report)
+    return change, report, env, [e.name for e in flag_edits]
+
+
+def _flags_and_env(
+    target: Target,
+    layout: Layout,
+    step: StartupStep,
+    launch: startup.Launch,
+    existing: list[str],
+) -> tuple[list[startup.FlagEdit], dict[str, str], Report]:
+    """The flag edits and the env to set, both checked against this very ComfyUI."""
+    report = Report()
+    cli = _ask_comfyui(target, layout, launch)
     flag_edits, flag_report = comfy_flags.plan_flags(cli, step.flags, existing)
     report.extend(flag_report)
     final_flags = existing + [e.name for e in flag_edits]
@@ -161,11 +220,7 @@ def _plan_startup(
         step.env, flags=final_flags, gpu_capability=gpu_capability(target)
     )
     report.extend(env_report)
-    new, edit_report = startup.edit_start_script(
-        data, patch_name=patch_name, env=env, flags=flag_edits, path=layout.start_script
-    )
-    report.extend(edit_report)
-    return layout.start_script, new, report, env, [e.name for e in flag_edits]
+    return flag_edits, env, report
 
 
 def _ask_comfyui(target: Target, layout: Layout, launch: startup.Launch) -> comfy_flags.ComfyCli:

@@ -55,7 +55,7 @@ def start_container(
             kwargs.pop("image", testbed_image),
             name=name,
             detach=True,
-            labels={TEST_LABEL: "1"},
+            labels={TEST_LABEL: "1", **kwargs.pop("labels", {})},
             **kwargs,
         )
         started.append(c)

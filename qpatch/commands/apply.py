@@ -26,8 +26,8 @@ def apply(
     restart_cmd: str | None,
     measure: str | None = None,
 ) -> int:
-    if recreate:
-        raise BadInput("--recreate is not implemented yet: use an image with a start script")
+    if recreate and no_restart:
+        raise BadInput("--recreate starts a new container: it cannot be combined with --no-restart")
     spec = load_patch(patch)
     prompt = load_workflow(measure) if measure else None
     result["patch"] = spec.name
@@ -42,5 +42,7 @@ def apply(
         exclusive=not dry_run,
     ) as ctx:
         out.step(f"{ctx.target.description}: {ctx.layout.describe()}")
-        plan = make_plan(ctx.target, ctx.layout, spec)
+        if recreate and ctx.layout.start_script:
+            out.line(f"  --recreate not needed: {ctx.layout.start_script} carries env and flags")
+        plan = make_plan(ctx.target, ctx.layout, spec, recreate=recreate)
         return engine.apply(ctx, plan, dry_run=dry_run, restart=not no_restart, workflow=prompt)

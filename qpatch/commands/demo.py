@@ -92,4 +92,4 @@ def _remove_old_demo(client: docker.DockerClient) -> None:
         return
     if old.labels.get(LABEL) != "1":
         raise QpatchError(f"a container named {NAME} exists and is not qpatch's demo; remove it")
-    old.remove(force=True)
+    old.remove(force=True, v=True)  # and its anonymous volume (the image declares one)

@@ -54,13 +54,19 @@ class DockerTarget:
         name = self.container.name
         self.ref = name
         self.key = "docker-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-        self.description = f"container {name} ({self.container.short_id})"
+        self.follow(self.container)
         state = self.container.attrs["State"]
         if require_running and state.get("Status") != "running":
             raise BadInput(
                 f"{self.description} is not running (status {state.get('Status')})",
                 hint=f"start it first: docker start {name}",
             )
+
+    def follow(self, container: Container) -> None:
+        """Talk to `container` from now on, under the same ref and key: the replacement
+        (or the original again) of `apply --recreate`, which takes over the name."""
+        self.container = container
+        self.description = f"container {self.ref} ({container.short_id})"
 
     # ------------------------------------------------------------------ commands
 
@@ -160,11 +166,15 @@ class DockerTarget:
         return list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or []) or None
 
     def restart(self) -> None:
+        """Stop quickly (see stop) and start again."""
+        self.stop()
+        self.container.start()
+
+    def stop(self) -> None:
         """SIGTERM ComfyUI's python so the one-click script (PID 1, bash, deaf to SIGTERM)
-        ends by itself, then start the container: 0.5 s instead of Docker's 10 s stop
-        timeout. Falls back to a plain restart when the container does not exit."""
+        ends by itself: 0.5 s instead of Docker's 10 s stop timeout. Falls back to a plain
+        stop when the container does not exit (or python is PID 1 and ignores SIGTERM)."""
         if not self.is_running():
-            self.container.start()
             return
         servers = [p for p in self.server_processes() if p.pid != 1]
         if servers:
@@ -172,12 +182,10 @@ class DockerTarget:
                 self.exec(["kill", "-TERM", str(p.pid)])
             try:
                 self.container.wait(timeout=SELF_EXIT_WAIT_S)
-            except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
-                self.container.restart(timeout=10)
                 return
-            self.container.start()
-            return
-        self.container.restart(timeout=10)
+            except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
+                pass
+        self.container.stop(timeout=10)
 
     def host_pids(self) -> list[int]:
         top = self.container.top()
