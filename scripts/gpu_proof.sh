@@ -6,7 +6,7 @@
 #   3. scripts/bench_vram.py at the reference size, in whatever time is left;
 #   4. a short summary with the comparison tables.
 # Everything lands under $OUT (gpu-tests.log, gpu-tests/, bench.txt, bench.json).
-#   needs: the checkout, .device/comfyui (the vendored ComfyUI tree), .whl/*.whl (Python 3.12
+#   needs: the checkout, .device/comfyui and .whl/ as scripts/prepare-device lays them out (Python 3.12
 #   wheels of what ComfyUI and qpatch need beyond torch, nvidia-ml-py, pytest, click, pyyaml).
 #   QPATCH_PROOF_BUDGET_S (default 500): the whole script ends within it; the bench gets
 #   what the tests leave, the tests come first because they are the proof.
