@@ -45,13 +45,7 @@ class Context:
 def restart_and_wait(ctx: Context, why: str) -> dict[str, Any]:
     ctx.out.step(f"restarting ComfyUI ({why})")
     ctx.target.restart()
-    show = ctx.out.progress("waiting for /system_stats")
-    try:
-        stats = health.wait_healthy(ctx.api, timeout=ctx.timeout, progress=show)
-    finally:
-        ctx.out.end_progress()
-    ctx.out.ok(f"ComfyUI answers ({stats['system'].get('comfyui_version', '?')})")
-    return stats
+    return health.wait_healthy_shown(ctx.api, ctx.out, timeout=ctx.timeout)
 
 
 def measure(

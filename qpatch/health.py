@@ -9,6 +9,7 @@ from typing import Any
 
 from qpatch.comfy_api import ComfyAPI
 from qpatch.errors import CheckFailed
+from qpatch.output import Console
 
 POLL_S = 0.5
 
@@ -40,3 +41,17 @@ def wait_healthy(
         if progress:
             progress(elapsed)
         time.sleep(POLL_S)
+
+
+def wait_healthy_shown(
+    api: ComfyAPI, out: Console, *, timeout: float, where: str = ""
+) -> dict[str, Any]:
+    """wait_healthy with the progress line and the one-line outcome every command prints."""
+    suffix = f" in {where}" if where else ""
+    show = out.progress(f"waiting for /system_stats{suffix}")
+    try:
+        stats = wait_healthy(api, timeout=timeout, progress=show)
+    finally:
+        out.end_progress()
+    out.ok(f"ComfyUI answers{suffix} ({stats['system'].get('comfyui_version', '?')})")
+    return stats

@@ -226,13 +226,7 @@ def _connect_args(endpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def _wait_healthy(ctx: Context, which: str) -> dict[str, Any]:
-    show = ctx.out.progress(f"waiting for /system_stats in {which}")
-    try:
-        stats = health.wait_healthy(ctx.api, timeout=ctx.timeout, progress=show)
-    finally:
-        ctx.out.end_progress()
-    ctx.out.ok(f"ComfyUI answers in {which} ({stats['system'].get('comfyui_version', '?')})")
-    return stats
+    return health.wait_healthy_shown(ctx.api, ctx.out, timeout=ctx.timeout, where=which)
 
 
 # --------------------------------------------------------------------------- back
