@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qpatch.errors import QpatchError
+from qpatch.paths import host_state_dir
 from qpatch.targets.base import FileStat, Target
 
 LEDGER_ROOT = "/var/lib/qpatch"
@@ -37,11 +38,6 @@ PRIVATE = FileStat(mode=0o600, uid=0, gid=0, size=0)
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def host_state_dir() -> Path:
-    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-    return base / "qpatch"
 
 
 @dataclass

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from qpatch.errors import BadInput, QpatchError
+from qpatch.paths import host_state_dir
 from qpatch.targets import procs
 from qpatch.targets.base import ExecResult, FileStat, TargetState
 
@@ -32,13 +33,6 @@ RESTART_CMD_GRACE_S = 10.0
 TIMEOUT_EXIT = 124  # what coreutils `timeout` exits with, so callers read it one way
 
 Launch = tuple[tuple[str, ...], str, dict[str, str] | None]  # argv, cwd, env (None: ours)
-
-
-def state_dir(key: str) -> Path:
-    """The host-side home of a target (server log, ledger mirror): XDG, so it survives reboots
-    unlike /tmp and needs no root unlike /var/lib."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "qpatch" / key
 
 
 def scan_processes() -> list[procs.Proc]:
@@ -144,7 +138,7 @@ class LocalTarget:
 
     @property
     def log_path(self) -> Path:
-        return state_dir(self.key) / "server.log"
+        return host_state_dir() / self.key / "server.log"
 
     def _path(self, path: str) -> str:
         return os.path.join(self.root, path)  # an absolute path stays as it is

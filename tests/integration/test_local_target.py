@@ -21,7 +21,7 @@ from qpatch.comfy_api import ComfyAPI
 from qpatch.errors import BadInput, QpatchError
 from qpatch.health import wait_healthy
 from qpatch.targets.base import FileStat
-from qpatch.targets.local import LocalTarget, _alive
+from qpatch.targets.local import LocalTarget, _alive, _wait_until
 
 MAIN_PY = r"""
 import argparse, json, os, sys
@@ -88,13 +88,7 @@ def kill_all(target: LocalTarget) -> None:
     assert wait_for(lambda: not target.state().running, 5), target.state()
 
 
-def wait_for(done: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+wait_for = _wait_until
 
 
 MakeTarget = Callable[..., LocalTarget]

@@ -1,0 +1,13 @@
+"""Where qpatch keeps its own state on this host, shared by the ledger mirror and the
+local target's server log so both land in one folder per target."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def host_state_dir() -> Path:
+    """XDG state: survives reboots unlike /tmp, needs no root unlike /var/lib."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "qpatch"
