@@ -1,12 +1,17 @@
-"""Build the test-bed image: real ComfyUI in the layout of the one-click images our users
-run, from scratch, because no container registry can be reached.
+"""Build the test-bed image: our ComfyUI stand-in (testbed/comfyui) in the layout of the
+one-click images our users run, from scratch, because no container registry can be reached.
 
-Three layers, each tagged by a hash of its own inputs, so a change to our node rebuilds
-only the top layer and never reinstalls torch:
+Three layers, each tagged by a hash of its own inputs, so a change to our node or to the
+stand-in rebuilds only the top layer and never reinstalls torch:
 
     qpatch-testbed/base:<h>     debootstrap bookworm (minbase + python3 ...), docker import
-    qpatch-testbed/deps:<h>     + /root/venv with the locked packages, installed offline
-    qpatch-testbed/comfyui:<h>  + /root/ComfyUI, our node, /root/1键启动.sh as CMD
+    qpatch-testbed/deps:<h>     + /root/venv with the CPU torch and its locked dependencies,
+                                installed offline
+    qpatch-testbed/comfyui:<h>  + /root/ComfyUI (the stand-in), our node, /root/1键启动.sh as CMD
+
+The hashes cover contents and the executable bit only (what git keeps), never the
+checkout's path, umask or files the stand-in writes when run, so every clone of one
+commit names the same images.
 
 Used by scripts/build-testbed, the test fixtures and `qpatch demo`.
 """
@@ -29,21 +34,29 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests
+
+from qpatch.errors import QpatchError
+from qpatch.targets.docker import connect
 
 REPO = Path(__file__).resolve().parents[1]
 TESTBED = REPO / "testbed"
 LOCK = TESTBED / "requirements.lock"
 NODE_DIR = TESTBED / "custom_nodes" / "comfyui_qwen_image"
 START_SCRIPT = TESTBED / "1键启动.sh"
-DEFAULT_VENDOR = REPO.parent / "shared" / "vendor" / "comfyui-0.14.1"
-UPSTREAM = "https://github.com/comfyanonymous/ComfyUI.git@6d11cc73549e14a0a31e9ff8c90bfd71b380fe2c"
+STANDIN = TESTBED / "comfyui"
+#: What the stand-in writes into its own root when run (models, outputs, ...): never an input.
+RUNTIME_FOLDERS = frozenset({"models", "output", "input", "temp", "user"})
+#: The interpreter of Debian bookworm's python3, for which the wheels are fetched.
+IMAGE_PYTHON = ("3.11", "cp311")
+WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "procps", "ca-certificates")
 REPO_NAME = "qpatch-testbed"
 # Bump when a build step changes in a way its inputs do not show.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 # Constant scripts run inside the build containers: no user input ever reaches them.
 VENV_INSTALL = """set -eu
@@ -63,8 +76,11 @@ CMD ["bash", "/root/1键启动.sh"]
 """
 
 
-class BuildError(RuntimeError):
-    """A build step failed; the message says what to do about it."""
+class BuildError(QpatchError):
+    """A build step failed; the message says what to do about it (exit status 1: nothing
+    of the user's was touched, a rerun resumes from the layers already built)."""
+
+    exit_code = 1
 
 
 def cache_dir() -> Path:
@@ -87,14 +103,28 @@ def step(title: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------- hashing
 
 
-def hash_tree(root: Path, h: hashlib._Hash | None = None) -> hashlib._Hash:
-    """Paths, modes and contents of every file, in a stable order; .git and caches skipped."""
-    h = h or hashlib.sha256()
+def _inputs(root: Path) -> Iterator[Path]:
+    """The files of a tree that go into the image, in a stable order: no VCS or caches,
+    no folder the stand-in writes when run."""
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if any(p in (".git", "__pycache__") for p in rel.parts) or not path.is_file():
+        if any(p in (".git", "__pycache__", ".pytest_cache") for p in rel.parts):
             continue
-        h.update(f"{rel.as_posix()}\0{path.stat().st_mode & 0o777:o}\0".encode())
+        if rel.parts[0] in RUNTIME_FOLDERS or path.suffix == ".pyc" or not path.is_file():
+            continue
+        yield path
+
+
+def _mode(path: Path) -> int:
+    """0o755 or 0o644: the executable bit is all git keeps, so all that may count."""
+    return 0o755 if path.stat().st_mode & 0o100 else 0o644
+
+
+def hash_tree(root: Path, h: hashlib._Hash | None = None) -> hashlib._Hash:
+    """Relative paths, normalised modes and contents of every input file."""
+    h = h or hashlib.sha256()
+    for path in _inputs(root):
+        h.update(f"{path.relative_to(root).as_posix()}\0{_mode(path):o}\0".encode())
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h
 
@@ -108,56 +138,58 @@ def _digest(*parts: str | bytes) -> str:
 
 
 @dataclass(frozen=True)
-class Plan:
-    comfyui_src: Path
+class Layers:
+    """The tags of the three layers for the inputs as they are now."""
+
     base_tag: str
     deps_tag: str
     final_tag: str
 
 
-def plan(comfyui_src: Path) -> Plan:
+def layers(testbed: Path = TESTBED) -> Layers:
     base = _digest(RECIPE_VERSION, SUITE, MIRROR, *BASE_PACKAGES)
-    deps = _digest(base, LOCK.read_bytes(), VENV_INSTALL)
-    final_inputs = [deps, FINAL_DOCKERFILE, START_SCRIPT.read_bytes()]
-    final_inputs.append(hash_tree(comfyui_src).hexdigest())
-    final_inputs.append(hash_tree(NODE_DIR).hexdigest())
-    return Plan(
-        comfyui_src=comfyui_src,
+    deps = _digest(base, (testbed / LOCK.name).read_bytes(), VENV_INSTALL, *IMAGE_PYTHON)
+    final_inputs = [deps, FINAL_DOCKERFILE, (testbed / START_SCRIPT.name).read_bytes()]
+    final_inputs.append(hash_tree(testbed / STANDIN.name).hexdigest())
+    final_inputs.append(hash_tree(testbed / NODE_DIR.relative_to(TESTBED)).hexdigest())
+    return Layers(
         base_tag=f"{REPO_NAME}/base:{base}",
         deps_tag=f"{REPO_NAME}/deps:{deps}",
         final_tag=f"{REPO_NAME}/comfyui:{_digest(*final_inputs)}",
     )
 
 
-# ----------------------------------------------------------------------------- sources
-
-
-def resolve_comfyui_src(spec: str | None) -> Path:
-    """A local tree, or `URL@COMMIT` cloned once into the cache."""
-    if spec is None:
-        spec = str(DEFAULT_VENDOR) if DEFAULT_VENDOR.is_dir() else UPSTREAM
-    if "@" in spec and "://" in spec:
-        url, commit = spec.rsplit("@", 1)
-        dest = cache_dir() / "src" / commit
-        if not (dest / "main.py").is_file():
-            with step(f"cloning {url} at {commit}"):
-                shutil.rmtree(dest, ignore_errors=True)
-                _run(["git", "clone", "--quiet", url, str(dest)], "git clone")
-                _run(["git", "-C", str(dest), "checkout", "--quiet", commit], "git checkout")
-        return dest
-    path = Path(spec).expanduser().resolve()
-    if not (path / "main.py").is_file():
-        raise BuildError(f"{path} is not a ComfyUI source tree (no main.py); pass --comfyui-src")
-    return path
+# ----------------------------------------------------------------------------- steps
 
 
 def _run(argv: list[str], what: str, **kw: object) -> None:
     try:
         subprocess.run(argv, check=True, **kw)  # type: ignore[call-overload]
     except FileNotFoundError as e:
-        raise BuildError(f"{what}: {argv[0]} not found; apt-get install {argv[0]}") from e
+        raise BuildError(f"{what}: {argv[0]} not found") from e
     except subprocess.CalledProcessError as e:
         raise BuildError(f"{what} failed with exit status {e.returncode} (output above)") from e
+
+
+def ensure_tool(command: str, package: str) -> None:
+    """Install the Debian package that provides `command` when it is missing, as
+    scripts/ensure-docker does for docker.io: a fresh machine has neither, and a build that
+    stops on a missing tool after minutes of work helps nobody."""
+    if shutil.which(command):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise BuildError(
+            f"{command} is not installed and this is not a root Debian machine: "
+            f"install the {package} package, then run the build again",
+            hint=f"apt-get install {package}",
+        )
+    with step(f"installing Debian's {package} (for {command})"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        quiet = {"stdout": subprocess.DEVNULL, "env": env}
+        _run(["apt-get", "update", "-qq"], "apt-get update", **quiet)
+        _run(["apt-get", "install", "-y", "-qq", package], f"apt-get install {package}", **quiet)
+    if not shutil.which(command):
+        raise BuildError(f"apt-get installed {package}, but {command} is still not on PATH")
 
 
 # ----------------------------------------------------------------------------- layers
@@ -171,9 +203,10 @@ def _has_image(client: docker.DockerClient, tag: str) -> bool:
         return False
 
 
-def build_base(client: docker.DockerClient, p: Plan) -> None:
+def build_base(client: docker.DockerClient, p: Layers) -> None:
     tarball = cache_dir() / f"{p.base_tag.rsplit(':', 1)[1]}-rootfs.tar"
     if not tarball.is_file():
+        ensure_tool("debootstrap", "debootstrap")
         with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
             rootfs = Path(tmp) / "rootfs"
             with step(f"debootstrap {SUITE} (minbase + {', '.join(BASE_PACKAGES)})"):
@@ -200,39 +233,33 @@ def build_base(client: docker.DockerClient, p: Plan) -> None:
         client.api.import_image(src=str(tarball), repository=repo, tag=tag)
 
 
+def wheel_download_argv(wheels: Path) -> list[str]:
+    """pip download of exactly the locked wheels for the image's python (bookworm's 3.11),
+    whatever python runs the build. pip's own configuration is kept: on the developers'
+    machines it is what finds the CPU torch wheel on local disk."""
+    version, abi = IMAGE_PYTHON
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+    argv += ["--only-binary=:all:", "--python-version", version, "--implementation", "cp"]
+    argv += ["--abi", abi, "--abi", "abi3", "--abi", "none"]
+    for platform in WHEEL_PLATFORMS:
+        argv += ["--platform", platform]
+    return [*argv, "-d", str(wheels), "-r", str(LOCK)]
+
+
 def ensure_wheels() -> Path:
     """Download the locked wheels once; a stamp per lock content makes reruns offline."""
     wheels = cache_dir() / "wheels"
-    stamp = wheels / f".complete-{_digest(LOCK.read_bytes())}"
+    stamp = wheels / f".complete-{_digest(LOCK.read_bytes(), *IMAGE_PYTHON)}"
     if stamp.is_file():
         return wheels
     wheels.mkdir(parents=True, exist_ok=True)
-    with step("downloading the locked wheels (torch, torchvision: PyPI's default builds)"):
-        # --isolated: pip on the developers' machines is configured to prefer a CPU torch
-        # that cannot load PyPI's torchvision (../shared/vendor/README.md).
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--isolated",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-d",
-                str(wheels),
-                "-r",
-                str(LOCK),
-            ],
-            "pip download",
-        )
-    shutil.copyfile(LOCK, wheels / "requirements.lock")
+    with step("downloading the locked wheels (CPU torch and its dependencies)"):
+        _run(wheel_download_argv(wheels), "pip download")
     stamp.touch()
     return wheels
 
 
-def build_deps(client: docker.DockerClient, p: Plan) -> None:
+def build_deps(client: docker.DockerClient, p: Layers) -> None:
     wheels = ensure_wheels()
     shutil.copyfile(LOCK, wheels / "requirements.lock")
     with step("installing the locked packages into /root/venv (offline)"):
@@ -255,10 +282,9 @@ def build_deps(client: docker.DockerClient, p: Plan) -> None:
             container.remove(force=True)
 
 
-def build_final(client: docker.DockerClient, p: Plan) -> None:
+def build_final(client: docker.DockerClient, p: Layers) -> None:
     with step(f"docker build -> {p.final_tag}"):
-        context = _final_context(p)
-        repo, tag = p.final_tag.rsplit(":", 1)
+        context = final_context(p)
         try:
             client.images.build(
                 fileobj=context, custom_context=True, tag=p.final_tag, rm=True, forcerm=True
@@ -268,51 +294,64 @@ def build_final(client: docker.DockerClient, p: Plan) -> None:
             raise BuildError(f"docker build failed: {e}\n{lines[-2000:]}") from e
 
 
-def _final_context(p: Plan) -> io.BytesIO:
-    """The build context as an in-memory tar: the ComfyUI tree minus .git, our node, script."""
-
-    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        if "/.git" in info.name or "__pycache__" in info.name:
-            return None
+def _add_tree(tar: tarfile.TarFile, root: Path, arcname: str) -> None:
+    """The input files of `root` (exactly those hash_tree covers), owned by root, with the
+    normalised modes: the image is a function of the hash that names it."""
+    for path in _inputs(root):
+        info = tar.gettarinfo(str(path), f"{arcname}/{path.relative_to(root).as_posix()}")
         info.uid = info.gid = 0
         info.uname = info.gname = "root"
-        info.mode |= 0o200  # the vendored tree is read-only; ComfyUI writes into its own root
-        return info
+        info.mode = _mode(path)
+        with path.open("rb") as f:
+            tar.addfile(info, f)
 
+
+def final_context(p: Layers) -> io.BytesIO:
+    """The build context as an in-memory tar: the stand-in, our node, the start script."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         dockerfile = FINAL_DOCKERFILE.format(deps=p.deps_tag, tag=p.final_tag).encode()
         info = tarfile.TarInfo("Dockerfile")
         info.size = len(dockerfile)
         tar.addfile(info, io.BytesIO(dockerfile))
-        tar.add(p.comfyui_src, arcname="ComfyUI", filter=clean)
-        tar.add(NODE_DIR, arcname="comfyui_qwen_image", filter=clean)
-        tar.add(START_SCRIPT, arcname="start.sh", filter=clean)
+        _add_tree(tar, STANDIN, "ComfyUI")
+        _add_tree(tar, NODE_DIR, "comfyui_qwen_image")
+        info = tar.gettarinfo(str(START_SCRIPT), "start.sh")
+        info.uid = info.gid = 0
+        info.mode = 0o755
+        with START_SCRIPT.open("rb") as f:
+            tar.addfile(info, f)
     buf.seek(0)
     return buf
 
 
 def ensure_image(
-    comfyui_src: str | None = None,
     *,
     client: docker.DockerClient | None = None,
-    on_plan: Callable[[Plan], None] | None = None,
+    on_layers: Callable[[Layers], None] | None = None,
 ) -> str:
     """Return the tag of the up-to-date test-bed image, building only the missing layers."""
     cache_dir().mkdir(parents=True, exist_ok=True)
-    client = client or docker.from_env(timeout=600)
-    p = plan(resolve_comfyui_src(comfyui_src))
-    if on_plan:
-        on_plan(p)
+    client = client or connect(timeout=600)
+    p = layers()
+    if on_layers:
+        on_layers(p)
     if _has_image(client, p.final_tag):
         log(f"{p.final_tag} is up to date")
         return p.final_tag
     t0 = time.monotonic()
-    if not _has_image(client, p.deps_tag):
-        if not _has_image(client, p.base_tag):
-            build_base(client, p)
-        build_deps(client, p)
-    build_final(client, p)
+    try:
+        if not _has_image(client, p.deps_tag):
+            if not _has_image(client, p.base_tag):
+                build_base(client, p)
+            build_deps(client, p)
+        build_final(client, p)
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        raise BuildError(
+            f"the Docker engine failed while building the test bed: {e}",
+            hint="check the engine (scripts/ensure-docker) and run the build again; "
+            "finished layers are kept",
+        ) from e
     size = client.images.get(p.final_tag).attrs["Size"]
     log(f"{p.final_tag} built in {time.monotonic() - t0:.1f} s ({size / 1e9:.2f} GB)")
     return p.final_tag

@@ -24,11 +24,12 @@ from qpatch.targets.base import ExecResult, FileStat, TargetState
 SELF_EXIT_WAIT_S = 8
 
 
-def connect() -> docker.DockerClient:
-    """The engine DOCKER_HOST names (ssh:// too), or the local socket."""
+def connect(timeout: float = 120) -> docker.DockerClient:
+    """The engine DOCKER_HOST names (ssh:// too), or the local socket. `timeout` bounds
+    each API call (an image commit of the test bed takes longer than any target call)."""
     where = os.environ.get("DOCKER_HOST", "the local socket")
     try:
-        client = docker.from_env(timeout=120)
+        client = docker.from_env(timeout=timeout)
         client.ping()
     except docker.errors.DockerException as e:
         raise BadInput(
