@@ -3,6 +3,7 @@ into a message and an exit status in one place (DESIGN.md "Exit codes")."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -10,10 +11,11 @@ from typing import Any
 import click
 
 from qpatch import __version__
-from qpatch.errors import QpatchError
+from qpatch.errors import INTERNAL_ERROR, QpatchError
 from qpatch.output import Console
 
 DEFAULT_PATCH = "qwen-image-2512"
+DEBUG_ENV = "QPATCH_DEBUG"  # set to 1: an internal error shows its traceback instead
 
 
 def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> None:
@@ -30,10 +32,29 @@ def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> N
     except KeyboardInterrupt:
         click.secho("qpatch: interrupted", fg="red", err=True)
         code = 130
+    except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+        raise  # click's own: it prints them and picks the status
+    except Exception as e:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        message = _internal_error(e)
+        click.secho(f"qpatch: {message}", fg="red", err=True)
+        result["status"] = "internal-error"
+        result["error"] = message
+        code = INTERNAL_ERROR
     result["exit_code"] = code
     result.setdefault("findings", [])
     out.result(result)
     sys.exit(code)
+
+
+def _internal_error(e: Exception) -> str:
+    """The one message for an exception qpatch did not foresee: a bug, reported as one."""
+    what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return (
+        f"internal error: {what} — this is a bug in qpatch; please report it with the command"
+        f" you ran\n  hint: run it again with {DEBUG_ENV}=1 to see the traceback"
+    )
 
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -57,7 +78,8 @@ def cli() -> None:
 
     \b
     Exit codes: 0 done · 1 failed, target restored · 2 bad input, nothing changed
-    · 3 verify found a problem · 4 could not restore (the message says what to do).
+    · 3 verify found a problem · 4 could not restore (the message says what to do)
+    · 70 internal error, a bug in qpatch (QPATCH_DEBUG=1 shows the traceback).
     """
 
 

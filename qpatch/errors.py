@@ -40,3 +40,9 @@ class NotRestored(QpatchError):
     """The target could not be restored; the message says what is left to do by hand."""
 
     exit_code = 4
+
+
+INTERNAL_ERROR = 70
+"""The exit code of an exception that is not a QpatchError: a bug in qpatch, not something
+the user did. 70 is EX_SOFTWARE of sysexits.h ("internal software error"), kept apart from
+0-4 so a script can tell a bug from a failure qpatch foresaw and reported."""

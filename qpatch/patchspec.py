@@ -1,4 +1,8 @@
-"""Load and validate patch files (patches/*.yaml), so adding a patch needs no Python.
+"""Load and validate patch files, so adding a patch needs no Python.
+
+The bundled patches are package data (qpatch/patches/*.yaml), read through
+importlib.resources, so they ship in a wheel and a non-editable install as well as in a
+checkout.
 
 Every error names the file and the key, in the patch author's terms, before anything
 touches a target. Hand-written checks rather than jsonschema: the schema is small, and
@@ -12,16 +16,21 @@ import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-import qpatch
 from qpatch.comfy_flags import FlagRequest
 from qpatch.errors import BadInput
 
-PATCHES_DIR = Path(qpatch.__file__).resolve().parents[1] / "patches"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+# The bundled patches: a folder on disk in a checkout or an installed package, though only
+# the Traversable protocol (`/`, iterdir, is_file, read_text) is relied on.
+PATCHES_DIR: Traversable = files("qpatch") / "patches"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ON_CONFLICT = ("error", "skip", "replace")
@@ -225,21 +234,30 @@ def parse_patch(text: str, source: str, *, codemods: Mapping[str, type] | None =
 
 
 def load_patch(name_or_path: str) -> Patch:
-    """A bundled patch by name (patches/<name>.yaml), or a patch file by path."""
+    """A bundled patch by name (qpatch/patches/<name>.yaml), or a patch file by path."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml") and "/" not in name_or_path:
-        path = PATCHES_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
+        bundled = PATCHES_DIR / f"{name_or_path}.yaml"
+        if not bundled.is_file():
             known = ", ".join(n for n, _ in list_patches()) or "none"
             raise BadInput(f"no bundled patch {name_or_path!r} (bundled: {known})")
+        return _read(bundled)
+    return _read(path)
+
+
+def _read(file: Traversable | Path) -> Patch:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8")
     except OSError as e:
-        raise BadInput(f"cannot read patch file {path}: {e.strerror}") from e
-    return parse_patch(text, str(path))
+        raise BadInput(f"cannot read patch file {file}: {e.strerror}") from e
+    return parse_patch(text, str(file))
 
 
 def list_patches() -> list[tuple[str, str]]:
     """(name, description) of each bundled patch, for `qpatch patches`."""
-    patches = [load_patch(str(path)) for path in sorted(PATCHES_DIR.glob("*.yaml"))]
+    bundled = sorted(
+        (f for f in PATCHES_DIR.iterdir() if f.name.endswith(".yaml") and f.is_file()),
+        key=lambda f: f.name,
+    )
+    patches = [_read(f) for f in bundled]
     return [(p.name, p.description) for p in patches]
