@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import socket
+import ssl
 import sys
 import threading
 import uuid
@@ -207,6 +208,14 @@ def serve(queue: execution.PromptQueue) -> None:
             logging.warning("could not listen on %s:%d: %s", address, args.port, e)
     if not servers:
         raise SystemExit(f"could not listen on {args.listen} port {args.port}")
+    scheme = "http"
+    if args.tls_keyfile and args.tls_certfile:
+        # As upstream: a missing or bad key or certificate ends the start with a traceback.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile=args.tls_certfile, keyfile=args.tls_keyfile)
+        for s in servers:
+            s.socket = context.wrap_socket(s.socket, server_side=True)
+        scheme = "https"
     for s in servers:
         s.daemon_threads = True
     for s in servers[1:]:
@@ -214,6 +223,6 @@ def serve(queue: execution.PromptQueue) -> None:
     logging.info("Starting server\n")
     shown = servers[0].server_address[0]
     shown = "127.0.0.1" if shown in ("0.0.0.0", "::") else shown
-    logging.info("To see the GUI go to: http://%s:%d", shown, args.port)
+    logging.info("To see the GUI go to: %s://%s:%d", scheme, shown, args.port)
     logging.info("Platform: %s", platform.platform())
     servers[0].serve_forever()
