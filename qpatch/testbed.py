@@ -331,6 +331,12 @@ def ensure_image(
     on_layers: Callable[[Layers], None] | None = None,
 ) -> str:
     """Return the tag of the up-to-date test-bed image, building only the missing layers."""
+    if not (STANDIN / "main.py").is_file():
+        raise BuildError(
+            f"the test bed's inputs are not in {TESTBED}: the demo and the tests run from a "
+            "checkout of qpatch, not from an installed wheel",
+            hint="clone the repository and run `pip install -e .` there",
+        )
     cache_dir().mkdir(parents=True, exist_ok=True)
     client = client or connect(timeout=600)
     p = layers()

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The GPU proof of issue 5 in one call on a lent machine with one NVIDIA GPU:
 #   1. installs the carried wheels to /tmp/site;
-#   2. tests/gpu: real ComfyUI on CUDA as a local: target, `qpatch apply --measure`,
+#   2. tests/gpu: our ComfyUI stand-in on CUDA as a local: target, `qpatch apply --measure`,
 #      `qpatch verify --workflow`, `qpatch rollback`, for the grad-on and inference nodes;
 #   3. scripts/bench_vram.py at the reference size, in whatever time is left;
 #   4. a short summary with the comparison tables.
 # Everything lands under $OUT (gpu-tests.log, gpu-tests/, bench.txt, bench.json).
-#   needs: the checkout, .device/comfyui and .whl/ as scripts/prepare-device lays them out (Python 3.12
-#   wheels of what ComfyUI and qpatch need beyond torch, nvidia-ml-py, pytest, click, pyyaml).
+#   needs: the checkout and .whl/ as scripts/prepare-device lays it out (Python 3.12 wheels of
+#   what qpatch needs beyond torch, nvidia-ml-py, pytest, click, pyyaml).
 #   QPATCH_PROOF_BUDGET_S (default 500): the whole script ends within it; the bench gets
 #   what the tests leave, the tests come first because they are the proof.
 set -uo pipefail

@@ -1,5 +1,5 @@
-"""Fixtures over real parts: the local Docker engine, the test-bed image (real ComfyUI
-0.14.1, built once per run and cached by content hash) and throwaway containers."""
+"""Fixtures over real parts: the local Docker engine, the test-bed image (our ComfyUI
+stand-in, built once per run and cached by content hash) and throwaway containers."""
 
 from __future__ import annotations
 

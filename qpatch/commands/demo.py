@@ -28,7 +28,7 @@ def demo(out: Console, result: dict[str, Any], *, keep: bool) -> int:
     if subprocess.run([str(testbed.REPO / "scripts" / "ensure-docker")]).returncode != 0:
         raise QpatchError("no Docker engine: see the messages of scripts/ensure-docker above")
     client = connect()
-    out.step("ensuring the test-bed image (real ComfyUI 0.14.1; about 6 minutes the first time)")
+    out.step("ensuring the test-bed image (our ComfyUI stand-in; about 2 minutes the first time)")
     image = testbed.ensure_image(client=client)
     _remove_old_demo(client)
     out.step(f"starting container {NAME} from {image}")

@@ -1,13 +1,13 @@
-"""One real ComfyUI for the GPU proof of issue 5, shared by every test of this folder.
+"""One ComfyUI (our stand-in) for the GPU proof of issue 5, shared by every test of this folder.
 
-The vendored ComfyUI tree runs as a `local:` target with our Qwen-Image stand-in node at the
-H100 reference size, and the tests drive it only through qpatch's own CLI, as a user would.
+Our ComfyUI stand-in (testbed/comfyui) runs as a `local:` target with our Qwen-Image node
+at the H100 reference size, and the tests drive it only through qpatch's own CLI, as a user would.
 Why one session-wide server: starting ComfyUI and drawing 8.4 GiB of seeded weights are the
 slow parts of a 9-minute call on a lent machine; `apply` and `rollback` restart the server
 themselves, so each test still measures a fresh process.
 
-    QPATCH_COMFYUI_SRC        the ComfyUI tree to copy (default: .device/comfyui, where
-                              scripts/gpu_proof.sh expects it, else ../shared/vendor)
+    QPATCH_COMFYUI_SRC        the ComfyUI tree to copy (default: the stand-in,
+                              testbed/comfyui)
     QPATCH_GPU_TESTS_ON_CPU=1 the same plumbing with `--cpu` and the tiny stand-in workflow,
                               for a machine without a GPU (the test-bed image has ComfyUI's
                               packages); only the ratio checks are left out, since RAM on a
@@ -61,12 +61,9 @@ STOP_WAIT_S = 15.0
 
 
 def comfyui_source() -> Path:
-    """The tree to copy: where gpu_proof.sh carries it, else the vendored one beside us."""
+    """The tree to copy: the stand-in, unless another ComfyUI tree is named."""
     given = os.environ.get("QPATCH_COMFYUI_SRC")
-    if given:
-        return Path(given)
-    carried = REPO / ".device" / "comfyui"
-    return carried if carried.is_dir() else REPO.parent / "shared" / "vendor" / "comfyui-0.14.1"
+    return Path(given) if given else REPO / "testbed" / "comfyui"
 
 
 def write_text(path: Path, text: str) -> None:
@@ -189,12 +186,11 @@ class ComfyBed:
 
 def prepare_root(src: Path, dest: Path, port: int, *, cpu: bool) -> Path:
     """A private, writable copy of the tree (ComfyUI writes user/, temp/ and a database into
-    it; the vendored one is read-only), our node installed, and a start script of the kind
+    it, and the source tree stays clean), our node installed, and a start script of the kind
     qpatch edits: the flags of the launch line are what the patch adds to."""
     if not (src / "main.py").is_file():
         pytest.fail(
-            f"no ComfyUI tree at {src}: copy the vendored one to .device/comfyui "
-            "or set QPATCH_COMFYUI_SRC",
+            f"no ComfyUI tree at {src}: set QPATCH_COMFYUI_SRC to a ComfyUI root folder",
             pytrace=False,
         )
     root = dest / "ComfyUI"

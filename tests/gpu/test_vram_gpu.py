@@ -1,5 +1,5 @@
 """Issue 5's GPU proof, end to end through the engine: `qpatch apply --measure`, `qpatch
-verify --workflow`, `qpatch rollback`, run as a user runs them, on a real ComfyUI serving our
+verify --workflow`, `qpatch rollback`, run as a user runs them, on our ComfyUI stand-in serving our
 Qwen-Image stand-in at the H100 reference size (40 blocks x 3072, bf16, batch 2 x 4352).
 
 Our standalone measurement of that model: autograd on 40.7 GiB peak allocated; whole-model

@@ -1,5 +1,5 @@
 """The same round trip on a ComfyUI folder of this host (`local:PATH`), without a restart:
-real ComfyUI 0.14.1 source answering its own --help, real files, real ledger."""
+our ComfyUI stand-in answering its own --help, real files, real ledger."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-VENDOR = REPO.parent / "shared" / "vendor" / "comfyui-0.14.1"
+STANDIN = REPO / "testbed" / "comfyui"
 NODE = "custom_nodes/comfyui_qwen_image/qwen_image_loader.py"
 START = "start.sh"
 
@@ -22,9 +22,7 @@ START = "start.sh"
 @pytest.fixture
 def comfy_root(tmp_path: Path) -> Path:
     root = tmp_path / "ComfyUI"
-    shutil.copytree(VENDOR, root)
-    for p in [root, *root.rglob("*")]:
-        p.chmod(p.stat().st_mode | 0o200)  # the vendored tree is read-only
+    shutil.copytree(STANDIN, root, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(
         REPO / "testbed" / "custom_nodes" / "comfyui_qwen_image",
         root / "custom_nodes" / "comfyui_qwen_image",

@@ -1,4 +1,5 @@
-"""The test bed is real ComfyUI 0.14.1 in a one-click layout: pin what qpatch relies on."""
+"""The test bed is our ComfyUI stand-in (as upstream 0.14.1) in a one-click layout: pin what
+qpatch relies on."""
 
 from __future__ import annotations
 

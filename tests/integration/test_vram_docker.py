@@ -1,4 +1,4 @@
-"""qpatch.vram against the real test bed (ComfyUI 0.14.1 on --cpu in Docker): the
+"""qpatch.vram against the test bed (our ComfyUI stand-in on --cpu in Docker): the
 /system_stats fallback, the honest "not measured", and that a measured run really runs."""
 
 from __future__ import annotations
