@@ -1,5 +1,5 @@
 """The command line: parses, dispatches to one module per command, and turns errors
-into a message and an exit status in one place (DESIGN.md "Exit codes")."""
+into a message and an exit status in one place (docs/design.md, "Commands, exit codes, output")."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from typing import Any
 import click
 
 from qpatch import __version__
-from qpatch.errors import INTERNAL_ERROR, QpatchError
+from qpatch.errors import DEBUG_ENV, INTERNAL_ERROR, QpatchError, internal_error_message
 from qpatch.output import Console
 
 DEFAULT_PATCH = "qwen-image-2512"
-DEBUG_ENV = "QPATCH_DEBUG"  # set to 1: an internal error shows its traceback instead
 
 
 def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> None:
@@ -37,7 +36,7 @@ def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> N
     except Exception as e:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
-        message = _internal_error(e)
+        message = internal_error_message(e)
         click.secho(f"qpatch: {message}", fg="red", err=True)
         result["status"] = "internal-error"
         result["error"] = message
@@ -46,15 +45,6 @@ def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> N
     result.setdefault("findings", [])
     out.result(result)
     sys.exit(code)
-
-
-def _internal_error(e: Exception) -> str:
-    """The one message for an exception qpatch did not foresee: a bug, reported as one."""
-    what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    return (
-        f"internal error: {what} — this is a bug in qpatch; please report it with the command"
-        f" you ran\n  hint: run it again with {DEBUG_ENV}=1 to see the traceback"
-    )
 
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")

@@ -152,7 +152,7 @@ def parse_help(text: str) -> ComfyCli:
 
 # ---------------------------------------------------------------------- checking
 
-# Intents people write as flags that ComfyUI does not have (comfyui-facts.md, "Nearest real
+# Intents people write as flags that ComfyUI does not have (docs/design.md, section 9; "nearest real
 # flags"): what to suggest instead, and why.
 _INTENTS: dict[str, tuple[tuple[str, ...], str]] = {
     "fp16": (

@@ -1,4 +1,4 @@
-"""apply / verify / rollback / status as short sequences of steps (DESIGN.md "Engine").
+"""apply / verify / rollback / status as short sequences of steps (docs/design.md, "The engine").
 
 The rule every sequence keeps: once the first byte is written, any failure restores every
 file byte-exact and restarts (exit 1), and only a failure of that restore exits 4, with

@@ -1,4 +1,4 @@
-"""Every fatal outcome is an exception carrying its exit code (DESIGN.md), so commands
+"""Every fatal outcome is an exception carrying its exit code (docs/design.md), so commands
 stay straight-line code and one handler in the CLI turns them into a message and status."""
 
 from __future__ import annotations
@@ -46,3 +46,14 @@ INTERNAL_ERROR = 70
 """The exit code of an exception that is not a QpatchError: a bug in qpatch, not something
 the user did. 70 is EX_SOFTWARE of sysexits.h ("internal software error"), kept apart from
 0-4 so a script can tell a bug from a failure qpatch foresaw and reported."""
+
+DEBUG_ENV = "QPATCH_DEBUG"  # set to 1: an internal error shows its traceback instead
+
+
+def internal_error_message(e: BaseException) -> str:
+    """The one message for an exception qpatch did not foresee: a bug, reported as one."""
+    what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return (
+        f"internal error: {what} — this is a bug in qpatch; please report it with the command"
+        f" you ran\n  hint: run it again with {DEBUG_ENV}=1 to see the traceback"
+    )

@@ -1,6 +1,6 @@
 """Time both codemods on a generated 10,000-line loader; prints seconds (target: <= 1 s).
 
-A benchmark, not a test (DESIGN.md: performance is measured by scripts, never by timed
+A benchmark, not a test (docs/design.md: performance is measured by scripts, never by timed
 tests). The file is a node pack's main module: one Qwen-Image loader node shaped like the
 test bed's, a few other nodes, and thousands of lines of helpers and plain classes, some of
 which mention `model` (so they reach libcst too). `--worst` times a file where every class

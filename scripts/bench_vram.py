@@ -55,8 +55,9 @@ MODE_HELP = {
 UNSET = "unset"
 ALLOC_CONFS = (UNSET, "max_split_size_mb:128", "expandable_segments:True")
 
-#: The H100 reference (issue 5, comfyui-facts.md): 40 x 3072, 24 heads, bf16 = 8.44 GiB;
-#: batch 2 x (4096 image + 256 text = 4352 tokens), as examples/workflows/qwen_image_h100.json.
+#: The H100 reference (issue 5; docs/design.md, "Measurement"): 40 x 3072, 24 heads, bf16,
+#: 8.44 GiB; batch 2 x (4096 image + 256 text = 4352 tokens), as
+#: examples/workflows/qwen_image_h100.json.
 REFERENCE = {"blocks": 40, "width": 3072, "heads": 24, "batch": 2, "tokens": 4096}
 REFERENCE |= {"text_tokens": 256, "dtype": "bf16"}
 TINY = {"blocks": 4, "width": 128, "heads": 4, "batch": 1, "tokens": 256}

@@ -1,5 +1,5 @@
-"""The one small interface every place ComfyUI can live in implements (DESIGN.md
-"Target"), so the engine never knows whether it talks to Docker or this host."""
+"""The one small interface every place ComfyUI can live in implements (docs/design.md
+"Targets"), so the engine never knows whether it talks to Docker or this host."""
 
 from __future__ import annotations
 
