@@ -23,7 +23,7 @@ OnConflict = Literal["error", "skip", "replace"]
 
 
 @dataclass(frozen=True)
-class Option:
+class CliOption:
     """One option of ComfyUI's parser, as its help text describes it."""
 
     name: str  # the spelling qpatch writes: the first long one
@@ -37,13 +37,13 @@ class Option:
 class ComfyCli:
     """The options and mutually exclusive groups of one ComfyUI."""
 
-    options: tuple[Option, ...]
+    options: tuple[CliOption, ...]
     groups: tuple[frozenset[str], ...]  # option names of each exclusive group
 
-    def exact(self, spelling: str) -> Option | None:
+    def exact(self, spelling: str) -> CliOption | None:
         return next((o for o in self.options if spelling in o.spellings), None)
 
-    def prefix_matches(self, spelling: str) -> list[Option]:
+    def prefix_matches(self, spelling: str) -> list[CliOption]:
         """Options argparse would take `spelling` for as an abbreviation (long ones only)."""
         if not spelling.startswith("--"):
             return []
@@ -83,12 +83,12 @@ def _value_shape(metavar: str) -> tuple[bool, bool, tuple[str, ...] | None]:
     return True, optional, None
 
 
-def _parse_option_line(invocation: str) -> Option:
+def _parse_option_line(invocation: str) -> CliOption:
     parts = [p.strip() for p in invocation.split(", ")]
     spellings = tuple(p.split(" ", 1)[0] for p in parts)
     metavar = parts[-1].split(" ", 1)[1] if " " in parts[-1] else ""
     name = next((s for s in spellings if s.startswith("--")), spellings[0])
-    return Option(name, spellings, *_value_shape(metavar))
+    return CliOption(name, spellings, *_value_shape(metavar))
 
 
 def _usage(text: str) -> str:
@@ -181,7 +181,7 @@ def suggestions(cli: ComfyCli, flag: str) -> tuple[list[str], str | None]:
     return found or difflib.get_close_matches(flag, names, n=3, cutoff=0.6), note
 
 
-def _resolve(cli: ComfyCli, flag: str, report: Report) -> Option | str:
+def _resolve(cli: ComfyCli, flag: str, report: Report) -> CliOption | str:
     """The option argparse takes `flag` for, or why it refuses it."""
     exact = cli.exact(flag)
     if exact:
@@ -202,7 +202,7 @@ def _resolve(cli: ComfyCli, flag: str, report: Report) -> Option | str:
     return f"{why}{near_text}" + (f" ({note})" if note else "")
 
 
-def _check_value(opt: Option, value: str | None) -> str | None:
+def _check_value(opt: CliOption, value: str | None) -> str | None:
     if value is not None and not opt.takes_value:
         return f"{opt.name} takes no value (got {value!r})"
     if value is None and opt.takes_value and not opt.value_optional:
@@ -212,7 +212,7 @@ def _check_value(opt: Option, value: str | None) -> str | None:
     return None
 
 
-def _on_line(cli: ComfyCli, existing: Sequence[str], report: Report) -> list[tuple[str, Option]]:
+def _on_line(cli: ComfyCli, existing: Sequence[str], report: Report) -> list[tuple[str, CliOption]]:
     """(spelling, option) of each flag already on the launch line."""
     found = []
     for token in existing:

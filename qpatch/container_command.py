@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qpatch.errors import BadInput
+from qpatch.main_py import is_main_py
 from qpatch.report import Report
 from qpatch.startup import FlagEdit, Launch, edit_start_script, find_launches
 
@@ -35,14 +36,10 @@ class _Site:
     shell: bool  # True: argv[index] is an `sh -c` string; False: argv[index:] is the launch
 
 
-def _is_main(word: str) -> bool:
-    return word == "main.py" or word.endswith("/main.py")
-
-
 def _shell_script(argv: Sequence[str]) -> int | None:
     """Index of the string a shell runs with -c (`sh -c`, `bash -lc`), before any main.py."""
     for i, word in enumerate(argv):
-        if _is_main(word):
+        if is_main_py(word):
             return None
         if posixpath.basename(word) not in _SHELLS:
             continue
@@ -67,7 +64,7 @@ def _site(argv: Sequence[str]) -> _Site:
         # An exec-form argv, perhaps behind a wrapper the script editor does not know
         # (`tini --`): the launch starts at the first word from which it reads as one.
         for k in range(len(argv)):
-            if _is_main(argv[k]):
+            if is_main_py(argv[k]):
                 break
             script = shlex.join(argv[k:])
             if find_launches(script.encode()):

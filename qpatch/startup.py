@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from qpatch.errors import BadInput
+from qpatch.main_py import MAIN_PY, is_main_py
 from qpatch.report import Report
 from qpatch.shell import Command, Token, lex, split_commands
 
@@ -54,9 +55,12 @@ class Launch:
     python_options: tuple[str, ...] = ()  # "-s", "-u" before the script
     runner: tuple[str, ...] = ()  # "env X=1", "conda run -n comfy", "sudo -u comfy"
 
-    def help_argv(self) -> list[str]:
-        """The argv that asks this very ComfyUI for its flags (run it with cwd = ComfyUI root)."""
-        return [*self.runner, self.interpreter, *self.python_options, self.script, "--help"]
+    def help_argv(self, interpreter: str | None = None) -> list[str]:
+        """The argv that asks this very ComfyUI for its flags, run with cwd = the ComfyUI
+        root, through the same runner (`conda run`, `sudo -u`, `env`) as the launch;
+        `interpreter` replaces a python the launch names relative to its own PATH."""
+        python = interpreter or self.interpreter
+        return [*self.runner, python, *self.python_options, MAIN_PY, "--help"]
 
 
 # --------------------------------------------------------------------- launches
@@ -139,7 +143,7 @@ def _match_launch(cmd: Command) -> _Match | None:
         if words[i].value in ("-m", "-c", "-"):
             return None
         i += 2 if words[i].value in _PY_OPTIONS_WITH_ARG else 1
-    if i < len(words) and (words[i].value == "main.py" or words[i].value.endswith("/main.py")):
+    if i < len(words) and is_main_py(words[i].value):
         return _Match(cmd, interpreter, i, tuple(runner))
     return None
 

@@ -37,7 +37,7 @@ class _Chunk:
 
 
 @dataclass
-class Plan:
+class SegmentPlan:
     """The module text libcst parses and how to put its rewrite back into the file."""
 
     text: str
@@ -45,7 +45,7 @@ class Plan:
     file_lines: list[str]
 
     @classmethod
-    def whole(cls, text: str) -> Plan:
+    def whole(cls, text: str) -> SegmentPlan:
         lines = _lines(text)
         return cls(text, [_Chunk(0, lines, 1)], lines)
 
@@ -81,7 +81,7 @@ def _lines(text: str) -> list[str]:
     return io.StringIO(text, newline="").readlines()
 
 
-def plan(text: str, seeds: Set[str], linked_words: LinkedWords) -> Plan:
+def plan(text: str, seeds: Set[str], linked_words: LinkedWords) -> SegmentPlan:
     """The statements of `text` that hold a word of `seeds`, or one `linked_words` adds from the
     selected statements' assignments, plus the leading imports (where imports are added)."""
     try:
@@ -89,9 +89,9 @@ def plan(text: str, seeds: Set[str], linked_words: LinkedWords) -> Plan:
             warnings.simplefilter("ignore")  # e.g. invalid escapes: not ours to report
             tree = ast.parse(text)
     except (SyntaxError, ValueError):
-        return Plan.whole(text)
+        return SegmentPlan.whole(text)
     if _MARKER in text or not tree.body:
-        return Plan.whole(text)
+        return SegmentPlan.whole(text)
     lines = _lines(text)
     starts = sorted({_first_line(stmt) - 1 for stmt in tree.body} | {0})
     bounds = list(zip(starts, [*starts[1:], len(lines)], strict=True))
@@ -112,11 +112,11 @@ def plan(text: str, seeds: Set[str], linked_words: LinkedWords) -> Plan:
         picked |= new
         wanted |= linked
     if len(picked) == len(bounds):
-        return Plan.whole(text)
+        return SegmentPlan.whole(text)
     return _composite(lines, [bounds[i] for i in sorted(picked)])
 
 
-def _composite(lines: list[str], spans: list[tuple[int, int]]) -> Plan:
+def _composite(lines: list[str], spans: list[tuple[int, int]]) -> SegmentPlan:
     first = re.search(r"\r\n|\r|\n", lines[0])
     newline = first.group() if first else "\n"
     runs: list[list[int]] = []
@@ -135,7 +135,7 @@ def _composite(lines: list[str], spans: list[tuple[int, int]]) -> Plan:
         chunks.append(_Chunk(a, lines[a:b], line))
         parts += lines[a:b]
         line += b - a
-    return Plan("".join(parts), chunks, lines)
+    return SegmentPlan("".join(parts), chunks, lines)
 
 
 def _first_line(stmt: ast.stmt) -> int:

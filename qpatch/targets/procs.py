@@ -6,6 +6,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from qpatch.main_py import is_main_py
+
 #: Runs in the target with `sh -c`. Constant: nothing from the user reaches it. Lists every
 #: process whose command line mentions main.py, one per line: pid TAB cwd TAB exe TAB argv
 #: (argv NUL-joined, so arguments with spaces survive).
@@ -35,12 +37,12 @@ class Proc:
         exe = self.exe.rsplit("/", 1)[-1]
         if not exe.startswith("python"):
             return False
-        return any(a == "main.py" or a.endswith("/main.py") for a in self.argv[1:])
+        return any(is_main_py(a) for a in self.argv[1:])
 
     @property
     def flags(self) -> list[str]:
         for i, a in enumerate(self.argv):
-            if a == "main.py" or a.endswith("/main.py"):
+            if is_main_py(a):
                 return list(self.argv[i + 1 :])
         return []
 

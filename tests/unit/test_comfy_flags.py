@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qpatch.comfy_flags import ComfyCli, FlagRequest, Option, parse_help, plan_flags
+from qpatch.comfy_flags import CliOption, ComfyCli, FlagRequest, parse_help, plan_flags
 from qpatch.errors import BadInput
 from qpatch.patchspec import load_patch
 from qpatch.startup import FlagEdit, find_launches
@@ -22,18 +22,18 @@ def cli() -> ComfyCli:
 
 def test_options_and_value_shapes(cli: ComfyCli) -> None:
     assert len(cli.options) == 92
-    assert cli.exact("-h") == Option("--help", ("-h", "--help"))
-    assert cli.exact("--lowvram") == Option("--lowvram", ("--lowvram",))
-    assert cli.exact("--port") == Option("--port", ("--port",), takes_value=True)
-    assert cli.exact("--listen") == Option("--listen", ("--listen",), True, value_optional=True)
-    assert cli.exact("--fast") == Option("--fast", ("--fast",), True, value_optional=True)
+    assert cli.exact("-h") == CliOption("--help", ("-h", "--help"))
+    assert cli.exact("--lowvram") == CliOption("--lowvram", ("--lowvram",))
+    assert cli.exact("--port") == CliOption("--port", ("--port",), takes_value=True)
+    assert cli.exact("--listen") == CliOption("--listen", ("--listen",), True, value_optional=True)
+    assert cli.exact("--fast") == CliOption("--fast", ("--fast",), True, value_optional=True)
     paths = cli.exact("--extra-model-paths-config")  # "PATH [PATH ...]": one or more
     assert paths and paths.takes_value and not paths.value_optional
     hashing = cli.exact("--default-hashing-function")
     assert hashing and hashing.choices == ("md5", "sha1", "sha256", "sha512")
     # EnumAction's literal metavar "[none,auto,…]": a required choice, not an optional value
     preview = cli.exact("--preview-method")
-    assert preview == Option(
+    assert preview == CliOption(
         "--preview-method",
         ("--preview-method",),
         True,
