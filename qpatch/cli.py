@@ -13,6 +13,7 @@ import click
 from qpatch import __version__
 from qpatch.errors import DEBUG_ENV, INTERNAL_ERROR, QpatchError, internal_error_message
 from qpatch.output import Console
+from qpatch.result import UNSET, Result
 
 DEFAULT_PATCH = "qwen-image-2512"
 
@@ -20,13 +21,14 @@ DEFAULT_PATCH = "qwen-image-2512"
 def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> None:
     """Run one command; every error becomes a message, a status, and with --json an object."""
     out = Console(as_json)
-    result: dict[str, Any] = {}
+    result = Result()
     try:
         code = fn(out, result, **kwargs)
     except QpatchError as e:
         click.secho(f"qpatch: {e}", fg="red", err=True)
-        result.setdefault("status", "error")
-        result["error"] = str(e)
+        if result.status is UNSET:
+            result.status = "error"
+        result.error = str(e)
         code = e.exit_code
     except KeyboardInterrupt:
         click.secho("qpatch: interrupted", fg="red", err=True)
@@ -38,12 +40,13 @@ def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> N
             raise
         message = internal_error_message(e)
         click.secho(f"qpatch: {message}", fg="red", err=True)
-        result["status"] = "internal-error"
-        result["error"] = message
+        result.status = "internal-error"
+        result.error = message
         code = INTERNAL_ERROR
-    result["exit_code"] = code
-    result.setdefault("findings", [])
-    out.result(result)
+    result.exit_code = code
+    if result.findings is UNSET:
+        result.findings = []
+    out.result(result.to_json())
     sys.exit(code)
 
 

@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass
 
 from qpatch.errors import BadInput, QpatchError
+from qpatch.main_py import MAIN_PY, is_main_py
 from qpatch.startup import find_launches
 from qpatch.targets.base import Target
 from qpatch.targets.procs import Proc
@@ -23,7 +24,6 @@ ROOT_CANDIDATES = (
     "/opt/ComfyUI",
     "/comfyui",
 )
-SCRIPT_FOLDERS = ("/", "/root")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Layout:
 def discover(target: Target, *, root: str | None = None, start_script: str | None = None) -> Layout:
     servers = target.server_processes()
     server = servers[0] if servers else None
-    root = _root(target, root or getattr(target, "root", None), server)  # local:PATH names it
+    root = _root(target, root or target.root, server)  # local:PATH names it
     if server is None and not _can_exec(target):  # stopped: the root is enough for the ledger
         return Layout(root, start_script, "python3", None, _port(None))
     script = _start_script(target, start_script, root)
@@ -57,7 +57,7 @@ def _can_exec(target: Target) -> bool:
 
 
 def _has_main(target: Target, folder: str) -> bool:
-    return target.exists(posixpath.join(folder, "main.py"))
+    return target.exists(posixpath.join(folder, MAIN_PY))
 
 
 def _root(target: Target, given: str | None, server: Proc | None) -> str:
@@ -66,7 +66,7 @@ def _root(target: Target, given: str | None, server: Proc | None) -> str:
             raise BadInput(f"--comfyui-root {given}: no main.py there in {target.description}")
         return given
     if server:
-        main = next(a for a in server.argv[1:] if a == "main.py" or a.endswith("/main.py"))
+        main = next(a for a in server.argv[1:] if is_main_py(a))
         folder = posixpath.dirname(posixpath.join(server.cwd, main))
         if _has_main(target, folder):
             return posixpath.normpath(folder)
@@ -102,9 +102,9 @@ def _start_script(target: Target, given: str | None, root: str) -> str | None:
     from_cmd = [a for a in command if a.endswith(".sh") and _launches_main(target, a)]
     if from_cmd:
         return from_cmd[0]
-    if any(a == "main.py" or a.endswith("/main.py") for a in _words(command)):
+    if any(is_main_py(a) for a in _words(command)):
         return None  # `python main.py ...` straight from the image's command
-    folders = [root] if target.ref.startswith("local:") else [*SCRIPT_FOLDERS, root]
+    folders = [*target.script_folders, root]
     listing = target.exec(["find", *folders, "-maxdepth", "1", "-name", "*.sh", "-type", "f"])
     scripts = sorted({p for p in listing.text.splitlines() if p})
     found = [s for s in scripts if _launches_main(target, s)]

@@ -2,50 +2,26 @@
 
 The rule every sequence keeps: once the first byte is written, any failure restores every
 file byte-exact and restarts (exit 1), and only a failure of that restore exits 4, with
-the steps left to do by hand. The ledger's state, saved before each step that changes the
-target, lets the next command finish a run that was killed half-way."""
+the steps left to do by hand. The ledger's state, advanced before each step that changes
+the target, lets the next command finish a run that was killed half-way.
+
+How a patch lands (files in place, a swapped container) is the applier's business: the
+engine picks one from the plan or the ledger and calls its verbs, never asking which it
+holds."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import time
 from typing import Any
 
-from qpatch import health, recreate, vram
-from qpatch.comfy_api import ComfyAPI
-from qpatch.discovery import Layout
-from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError, Restored
-from qpatch.faults import fault_point
-from qpatch.ledger import FileRecord, Ledger, LedgerStore, sha256
-from qpatch.output import Console
-from qpatch.plan import FileEdit, Plan, unified_diff
-from qpatch.targets.base import Target
-
-CLOSED = ("rolled-back", "recovered", "restored")
-
-
-@dataclass
-class Context:
-    """What every step needs: where, what is there, and how to talk to the user."""
-
-    target: Target
-    layout: Layout
-    store: LedgerStore
-    out: Console
-    timeout: float = 180.0
-    result: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def api(self) -> ComfyAPI:
-        return ComfyAPI(self.target, self.layout.python, self.layout.port)
-
-
-# --------------------------------------------------------------------------- shared steps
-
-
-def restart_and_wait(ctx: Context, why: str) -> dict[str, Any]:
-    ctx.out.step(f"restarting ComfyUI ({why})")
-    ctx.target.restart()
-    return health.wait_healthy_shown(ctx.api, ctx.out, timeout=ctx.timeout)
+from qpatch import appliers, vram
+from qpatch.appliers import Applier, Check
+from qpatch.context import Context
+from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError
+from qpatch.ledger import FileRecord, Ledger, State, sha256
+from qpatch.plan import FileEdit, Plan
+from qpatch.steps import current_sha
+from qpatch.textdiff import unified_diff
 
 
 def measure(
@@ -61,90 +37,23 @@ def measure(
     return m
 
 
-def restore_files(ctx: Context, ledger: Ledger) -> list[str]:
-    """Put every original back and check its hash; return the paths that were rewritten."""
-    restored = []
-    for rec in ledger.files:
-        current = _current_sha(ctx.target, rec.path)
-        if current == rec.sha256_before:
-            continue
-        original = ctx.store.backup(rec)
-        ctx.target.write_file(rec.path, original, rec.stat)
-        if _current_sha(ctx.target, rec.path) != rec.sha256_before:
-            raise QpatchError(f"{rec.path}: restored bytes do not match the original's sha256")
-        restored.append(rec.path)
-        ctx.out.step(f"restored {rec.path}")
-    return restored
-
-
-def _current_sha(target: Target, path: str) -> str | None:
-    return sha256(target.read_file(path)[0]) if target.exists(path) else None
-
-
-def manual_steps(ctx: Context, ledger: Ledger) -> str:
-    if ledger.recreate is not None:
-        return recreate.manual_steps(ledger.recreate)
-    lines = [f"Restore by hand in {ctx.target.description}:"]
-    for rec in ledger.files:
-        lines.append(
-            f"  cp {ctx.store.path(rec.backup_name)} {rec.path}   "
-            f"# host copy: {ctx.store.mirror / rec.backup_name}; sha256 {rec.sha256_before}"
-        )
-    lines.append("  then restart ComfyUI and run: qpatch status")
-    return "\n".join(lines)
-
-
-def undo(ctx: Context, ledger: Ledger, cause: Exception, *, restart: bool) -> QpatchError:
-    """After a failure past the first write: originals back, server back, exit 1 (or 4)."""
-    if ledger.recreate is not None:
-        return recreate.undo(ctx, ledger, cause)
-    ctx.out.warn(f"{cause}; restoring the originals")
-    logs = ctx.target.logs(20)
-    try:
-        restore_files(ctx, ledger)
-        ledger.state = "restored"
-        ledger.event(f"apply failed and was undone: {cause}")
-        ctx.store.save(ledger)
-        if restart or not ctx.target.state().running:
-            restart_and_wait(ctx, "with the originals")
-    except Exception as e:
-        return NotRestored(
-            f"could not restore after: {cause}\n  restore failed: {e}\n"
-            + (manual_steps(ctx, ledger))
-        )
-    tail = "\n".join("    " + line for line in logs.splitlines()[-20:])
-    return Restored(
-        f"apply failed: {cause}\n  every file is back as it was and ComfyUI answers.\n"
-        f"  the server's last log lines before the restore:\n{tail}"
-    )
-
-
 def recover_interrupted(ctx: Context) -> None:
     """A ledger left open by a killed run: finish its undo before anything else."""
     ledger = ctx.store.load()
     if ledger is None or not ledger.is_open:
         return
     ctx.out.warn(
-        f"an earlier qpatch run on this target was interrupted (ledger state {ledger.state!r}); "
-        "restoring the originals first"
+        f"an earlier qpatch run on this target was interrupted (ledger state "
+        f"{str(ledger.state)!r}); restoring the originals first"
     )
+    applier = appliers.for_ledger(ledger)
     try:
-        if ledger.recreate is not None:
-            recreate.recover(ctx, ledger)
-            ctx.out.ok("recovered: the original container is back as it was")
-            return
-        restore_files(ctx, ledger)
-        was_restarting = ledger.state == "restarting"
-        ledger.state = "recovered"
-        ledger.event("interrupted run recovered: originals restored")
-        ctx.store.save(ledger)
-        if was_restarting or not ctx.target.state().running:
-            restart_and_wait(ctx, "the interrupted run had restarted it")
+        done = applier.recover(ctx, ledger)
     except QpatchError as e:
         raise NotRestored(
-            f"recovering the interrupted run failed: {e}\n" + (manual_steps(ctx, ledger))
+            f"recovering the interrupted run failed: {e}\n" + applier.manual_steps(ctx, ledger)
         ) from e
-    ctx.out.ok("recovered: every file is back as it was before the interrupted run")
+    ctx.out.ok(done)
 
 
 def file_rows(ledger: Ledger | None = None, edits: list[FileEdit] | None = None) -> list[dict]:
@@ -170,19 +79,54 @@ def apply(
     restart: bool,
     workflow: dict[str, Any] | None = None,
 ) -> int:
-    out = ctx.out
     previous = ctx.store.load()
+    applier = appliers.for_plan(plan)
+    if not _show_plan(ctx, plan, previous):
+        return 0
+    if dry_run:
+        return _dry_run(ctx, plan, applier)
+    plan.validate(ctx.target)
+    baseline = measure(ctx, workflow, "before, unpatched") if workflow else None
+    ledger = _new_ledger(ctx, plan, previous, baseline)
+    applier.prepare(ctx, plan, ledger)  # from here on the original stays untouched
+    _back_up(ctx, plan, ledger)
+    try:
+        stats = applier.apply(ctx, plan, ledger, restart=restart)
+        if stats is not None:
+            ctx.result.argv = stats["system"].get("argv")
+            if baseline is not None:  # a workflow that fails patched is a failed apply
+                _measure_after(ctx, workflow, baseline, ledger)
+        event = "applied" + ("" if restart else " (not restarted)")
+        ctx.store.advance(ledger, State.APPLIED, event)
+    except (Exception, KeyboardInterrupt) as e:
+        restarted = restart and ledger.state in (State.RESTARTING, State.APPLIED)
+        raise applier.undo(ctx, ledger, e, restarted=restarted) from e
+    ctx.result.status = "applied"
+    ctx.result.measurements = ledger.measurements
+    ctx.out.ok(f"applied {plan.patch_name} to {ctx.target.description}")
+    if not restart:
+        ctx.out.warn("not restarted (--no-restart): the change takes effect at the next start")
+        if baseline is not None:
+            ctx.out.warn("no measurement after the patch: the server still runs the old code")
+    return 0
+
+
+def _show_plan(ctx: Context, plan: Plan, previous: Ledger | None) -> bool:
+    """Findings and changes, for people and --json; False when there is nothing to do."""
+    out = ctx.out
     findings = [str(f) for f in plan.report.findings]
-    ctx.result.update(patch=plan.patch_name, files=file_rows(edits=plan.edits), findings=findings)
+    ctx.result.patch = plan.patch_name
+    ctx.result.files = file_rows(edits=plan.edits)
+    ctx.result.findings = findings
     if plan.container is not None:
-        ctx.result["container"] = plan.container.to_json()
+        ctx.result.container = plan.container.to_json()
     for f in plan.report.findings:
         out.warn(str(f)) if f.severity == "warning" else out.line(f"  {f}")
     if not plan.changed:
-        ctx.result["status"] = "already-applied"
+        ctx.result.status = "already-applied"
         out.ok(f"{plan.patch_name} is already applied to {ctx.target.description}; nothing to do")
-        return 0
-    if previous is not None and previous.state == "applied":
+        return False
+    if previous is not None and previous.state == State.APPLIED:
         raise BadInput(
             f"{ctx.target.description} already carries patch {previous.patch!r} and this one "
             "would change it further",
@@ -190,32 +134,39 @@ def apply(
         )
     for change in plan.report.changes:
         out.line(f"  {change.kind}: {change}")
-    if dry_run:
-        for edit in plan.changed_edits:
-            out.line(unified_diff(edit))
-        if plan.container is not None and plan.recreates:
-            out.line(plan.container.describe())
-        ctx.result["status"] = "dry-run"
-        out.ok("dry run: nothing was written")
-        return 0
+    return True
 
-    plan.validate(ctx.target)
-    baseline = measure(ctx, workflow, "before, unpatched") if workflow else None
-    ledger = Ledger(
+
+def _dry_run(ctx: Context, plan: Plan, applier: Applier) -> int:
+    for edit in plan.changed_edits:
+        ctx.out.line(unified_diff(edit.before, edit.after, f"a{edit.path}", f"b{edit.path}"))
+    extra = applier.dry_run(plan)
+    if extra:
+        ctx.out.line(extra)
+    ctx.result.status = "dry-run"
+    ctx.out.ok("dry run: nothing was written")
+    return 0
+
+
+def _new_ledger(
+    ctx: Context, plan: Plan, previous: Ledger | None, baseline: vram.Measurement | None
+) -> Ledger:
+    return Ledger(
         target=ctx.target.ref,
         key=ctx.target.key,
         patch=plan.patch_name,
-        state="writing",
+        state=State.WRITING,
         comfyui_root=ctx.layout.root,
         start_script=ctx.layout.start_script,
         env=plan.env,
         flags=plan.flags,
-        findings=findings,
+        findings=[str(f) for f in plan.report.findings],
         history=previous.history if previous else [],
         measurements={"baseline": baseline.to_json()} if baseline else {},
     )
-    if plan.recreates:
-        recreate.prepare(ctx, plan, ledger)  # the original stays untouched from here on
+
+
+def _back_up(ctx: Context, plan: Plan, ledger: Ledger) -> None:
     for edit in plan.changed_edits:
         rec = FileRecord(
             edit.path,
@@ -225,57 +176,22 @@ def apply(
             edit.stat.uid,
             edit.stat.gid,
         )
-        ctx.store.store_backup(rec, edit.before)
-        ctx.store.store_patched(rec, edit.after)
+        ctx.store.store_backup(ledger, rec, edit.before)
+        ctx.store.store_patched(ledger, rec, edit.after)
         ledger.files.append(rec)
     ctx.store.save(ledger)
-    where = "" if ctx.store.host_only else f"{ctx.store.folder} and "
-    out.step(f"backed up {len(ledger.files)} file(s) to {where}{ctx.store.mirror}")
-
-    try:
-        stats = _write_and_restart(ctx, plan, ledger, restart)
-        if stats is not None:
-            ctx.result["argv"] = stats["system"].get("argv")
-            if baseline is not None:  # a workflow that fails patched is a failed apply
-                after = measure(ctx, workflow, "after, patched", seed=baseline.seed)
-                ledger.measurements["after"] = after.to_json()
-                comparison = vram.compare(baseline, after)
-                out.line(comparison.table())
-                ctx.result["comparison"] = comparison.to_json()
-        ledger.state = "applied"
-        ledger.event("applied" + ("" if restart else " (not restarted)"))
-        ctx.store.save(ledger)
-    except (Exception, KeyboardInterrupt) as e:
-        restarted = restart and ledger.state in ("restarting", "applied")
-        raise undo(ctx, ledger, e, restart=restarted) from e
-    ctx.result["status"] = "applied"
-    ctx.result["measurements"] = ledger.measurements
-    out.ok(f"applied {plan.patch_name} to {ctx.target.description}")
-    if not restart:
-        out.warn("not restarted (--no-restart): the change takes effect at the next start")
-        if baseline is not None:
-            out.warn("no measurement after the patch: the server still runs the old code")
-    return 0
+    where = f"{ctx.store.folder} and " if ledger.in_target else ""
+    ctx.out.step(f"backed up {len(ledger.files)} file(s) to {where}{ctx.store.mirror}")
 
 
-def _write_and_restart(
-    ctx: Context, plan: Plan, ledger: Ledger, restart: bool
-) -> dict[str, Any] | None:
-    """Write every file and restart (or recreate the container); /system_stats once
-    healthy, None when not restarted. The ledger's state follows each step."""
-    if plan.recreates:
-        return recreate.apply(ctx, plan, ledger)
-    for edit in plan.changed_edits:
-        ctx.target.write_file(edit.path, edit.after, edit.stat)
-        ctx.out.step(f"wrote {edit.path}")
-    fault_point("after-write")
-    ledger.state = "written"
-    ctx.store.save(ledger)
-    if not restart:
-        return None
-    ledger.state = "restarting"
-    ctx.store.save(ledger)
-    return restart_and_wait(ctx, "to load the patch")
+def _measure_after(
+    ctx: Context, workflow: dict[str, Any], baseline: vram.Measurement, ledger: Ledger
+) -> None:
+    after = measure(ctx, workflow, "after, patched", seed=baseline.seed)
+    ledger.measurements["after"] = after.to_json()
+    comparison = vram.compare(baseline, after)
+    ctx.out.line(comparison.table())
+    ctx.result.comparison = comparison.to_json()
 
 
 # --------------------------------------------------------------------------- verify
@@ -291,31 +207,30 @@ def verify(
     out = ctx.out
     ledger = ctx.store.load()
     checks: list[dict[str, Any]] = []
-    ctx.result.update(checks=checks, patch=ledger.patch if ledger else None)
+    ctx.result.checks = checks
+    ctx.result.patch = ledger.patch if ledger else None
 
     def check(name: str, ok: bool, detail: str) -> None:
         checks.append({"check": name, "ok": ok, "detail": detail})
         (out.ok if ok else out.warn)(f"{name}: {detail}")
 
-    if ledger is None or ledger.state != "applied":
-        state = ledger.state if ledger else "no ledger"
+    if ledger is None or ledger.state != State.APPLIED:
+        state = str(ledger.state) if ledger else "no ledger"
         check("patched", False, f"not applied ({state})")
-        ctx.result["files"] = file_rows(ledger) if ledger else []
-        ctx.result["status"] = "failed"
+        ctx.result.files = file_rows(ledger) if ledger else []
+        ctx.result.status = "failed"
         return CheckFailed.exit_code
     check("patched", True, f"{ledger.patch}, {len(ledger.files)} file(s)")
-    ctx.result["files"] = file_rows(ledger)
-    ctx.result["findings"] = ledger.findings
+    ctx.result.files = file_rows(ledger)
+    ctx.result.findings = ledger.findings
     for rec in ledger.files:
-        now = _current_sha(ctx.target, rec.path)
-        if now == rec.sha256_after:
+        if current_sha(ctx.target, rec.path) == rec.sha256_after:
             check(f"unchanged {rec.path}", True, "sha256 as written")
         else:
             check(f"unchanged {rec.path}", False, "drift: changed since qpatch wrote it")
             out.line(ctx.store.drift_diff(rec))
-    if ledger.recreate is not None:
-        for name, ok, detail in recreate.checks(ctx, ledger):
-            check(name, ok, detail)
+    for name, ok, detail in appliers.for_ledger(ledger).checks(ctx, ledger):
+        check(name, ok, detail)
     stats = ctx.api.system_stats()
     check("healthy", stats is not None, "answers /system_stats" if stats else "no answer")
     if workflow is not None and stats is not None:
@@ -325,7 +240,7 @@ def verify(
     else:
         out.line("VRAM: not measured (give --workflow FILE to run and measure one)")
     ok = all(c["ok"] for c in checks)
-    ctx.result["status"] = "ok" if ok else "failed"
+    ctx.result.status = "ok" if ok else "failed"
     return 0 if ok else CheckFailed.exit_code
 
 
@@ -340,7 +255,7 @@ def _verify_vram(
     baseline = ledger.measurements.get("baseline")
     seed = baseline.get("seed") if baseline else None
     now = measure(ctx, workflow, "now", seed=seed)
-    ctx.result["measurement"] = now.to_json()
+    ctx.result.measurement = now.to_json()
     if baseline is None:
         problems = now.problems(require_vram=require_vram)
         if expect_saving is not None:
@@ -349,7 +264,7 @@ def _verify_vram(
         return
     comparison = vram.compare(baseline, now)
     ctx.out.line(comparison.table())
-    ctx.result["comparison"] = comparison.to_json()
+    ctx.result.comparison = comparison.to_json()
     problems = comparison.problems(expect_saving=expect_saving, require_vram=require_vram)
     check("vram", not problems, "; ".join(problems) or comparison.verdict)
 
@@ -360,17 +275,21 @@ def _verify_vram(
 def rollback(ctx: Context, *, restart: bool, force: bool) -> int:
     out = ctx.out
     ledger = ctx.store.load()
-    if ledger is None or ledger.state in CLOSED:
-        ctx.result.update(status="nothing-to-roll-back", files=[], patch=None)
+    if ledger is None or ledger.state.is_closed:
+        ctx.result.status = "nothing-to-roll-back"
+        ctx.result.files = []
+        ctx.result.patch = None
         out.ok("nothing to roll back")
         return 0
-    ctx.result.update(patch=ledger.patch, files=file_rows(ledger), findings=ledger.findings)
-    ctx.store.host_only = ledger.recreate is not None  # the replacement goes: keep on the host
-    drifted = []
-    for rec in ledger.files:
-        now = _current_sha(ctx.target, rec.path)
-        if now not in (rec.sha256_after, rec.sha256_before):
-            drifted.append(rec)
+    ctx.result.patch = ledger.patch
+    ctx.result.files = file_rows(ledger)
+    ctx.result.findings = ledger.findings
+    applier = appliers.for_ledger(ledger)
+    drifted = [
+        rec
+        for rec in ledger.files
+        if current_sha(ctx.target, rec.path) not in (rec.sha256_after, rec.sha256_before)
+    ]
     if drifted and not force:
         names = ", ".join(r.path for r in drifted)
         raise CheckFailed(
@@ -378,27 +297,12 @@ def rollback(ctx: Context, *, restart: bool, force: bool) -> int:
             hint="qpatch rollback --force keeps a copy of each changed file, then restores",
         )
     for rec in drifted:
-        kept = ctx.store.keep_drifted(rec, ctx.target.read_file(rec.path)[0])
+        data = ctx.target.read_file(rec.path)[0]
+        kept = ctx.store.keep_drifted(rec, data, in_target=applier.target_survives_rollback)
         out.warn(f"{rec.path} had changed since apply: kept a copy at {kept}")
-    if ledger.recreate is not None:
-        recreate.rollback(ctx, ledger, restart=restart)
-        ctx.result["status"] = "rolled-back"
-        out.ok(f"rolled back {ledger.patch}: the original container is back, as it was")
-        return 0
-    try:
-        restore_files(ctx, ledger)
-    except QpatchError as e:
-        raise NotRestored(f"rollback failed: {e}\n" + manual_steps(ctx, ledger)) from e
-    ledger.state = "rolled-back"
-    ledger.event("rolled back" + (" (forced over drift)" if drifted else ""))
-    ctx.store.save(ledger)
-    if restart:
-        try:
-            restart_and_wait(ctx, "to unload the patch")
-        except CheckFailed as e:
-            raise CheckFailed(f"files restored, but ComfyUI is not healthy: {e}") from e
-    ctx.result["status"] = "rolled-back"
-    out.ok(f"rolled back {ledger.patch}: every file is byte-exact as before")
+    done = applier.rollback(ctx, ledger, restart=restart, forced=bool(drifted))
+    ctx.result.status = "rolled-back"
+    out.ok(done)
     return 0
 
 
@@ -408,23 +312,25 @@ def rollback(ctx: Context, *, restart: bool, force: bool) -> int:
 def status(ctx: Context) -> int:
     ledger = ctx.store.load()
     if ledger is None:
-        ctx.result.update(status="never-patched", patch=None, files=[], findings=[])
+        ctx.result.status = "never-patched"
+        ctx.result.patch = None
+        ctx.result.files = []
+        ctx.result.findings = []
         ctx.out.line(f"{ctx.target.description}: never patched by qpatch")
         return 0
-    ctx.result.update(
-        status=ledger.state,
-        patch=ledger.patch,
-        files=file_rows(ledger),
-        findings=ledger.findings,
-        history=ledger.history,
-        ledger=ctx.store.folder,
-    )
+    ctx.result.status = str(ledger.state)
+    ctx.result.patch = ledger.patch
+    ctx.result.files = file_rows(ledger)
+    ctx.result.findings = ledger.findings
+    ctx.result.history = ledger.history
+    ctx.result.ledger = ctx.store.folder
     ctx.out.line(f"{ctx.target.description}: {ledger.patch} — {ledger.state}")
-    if ledger.recreate is not None and ledger.state not in CLOSED:
-        ctx.result["recreate"] = asdict(ledger.recreate)
-        ctx.out.line(recreate.describe(ledger.recreate))
+    if not ledger.state.is_closed:
+        extra = appliers.for_ledger(ledger).describe(ctx, ledger)
+        if extra:
+            ctx.out.line(extra)
     for rec in ledger.files:
-        now = _current_sha(ctx.target, rec.path)
+        now = current_sha(ctx.target, rec.path)
         word = {rec.sha256_after: "patched", rec.sha256_before: "original"}.get(now, "changed")
         ctx.out.line(f"  {rec.path}: {word}")
     for h in ledger.history[-10:]:
@@ -433,6 +339,7 @@ def status(ctx: Context) -> int:
 
 
 def _when(t: float) -> str:
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+__all__ = ["Check", "apply", "recover_interrupted", "rollback", "status", "verify"]

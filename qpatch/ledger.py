@@ -1,43 +1,64 @@
 """The ledger: what qpatch did to a target, kept inside the target (so any machine can roll
 back) and mirrored on this host (so a target that lost it can still be restored).
 
-Its `state` is written before each step that changes the target, which is what lets the
-next command recover from a run that was killed half-way:
+Its `state` (one `State`) is written before each step that changes the target, which is
+what lets the next command recover from a run that was killed half-way. Every change of
+state goes through `LedgerStore.advance`, which sets it, stamps the history and saves.
 
-    writing   backups stored, files being written
-    written   every file written, restart not begun
-    restarting  the restart was issued
-    applied   healthy after the restart (or --no-restart)
-    rolled-back / recovered / restored   closed; history kept
-
-A container recreated with `apply --recreate` (qpatch.recreate) records the swap in
-`recreate`; until the replacement exists its ledger lives on this host only, so the
-original container keeps nothing of qpatch.
+A container recreated with `apply --recreate` (qpatch.appliers.container) records the swap
+in `recreate`; while the replacement does not carry the change (before its files are
+written, and once it is gone again) the ledger lives on this host only, so the original
+container keeps nothing of qpatch. `Ledger.in_target` says which, from the state alone.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
 import posixpath
 import time
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from qpatch.errors import QpatchError
 from qpatch.paths import host_state_dir
 from qpatch.targets.base import FileStat, Target
+from qpatch.textdiff import unified_diff
 
 LEDGER_ROOT = "/var/lib/qpatch"
-OPEN_STATES = ("writing", "written", "restarting")
 PRIVATE = FileStat(mode=0o600, uid=0, gid=0, size=0)
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class State(str, Enum):
+    """Where a run stands; the value is what ledger.json holds."""
+
+    WRITING = "writing"  # backups stored, files being written
+    WRITTEN = "written"  # every file written, restart not begun
+    RESTARTING = "restarting"  # the restart was issued
+    APPLIED = "applied"  # healthy after the restart (or --no-restart)
+    ROLLED_BACK = "rolled-back"  # closed by `qpatch rollback`
+    RECOVERED = "recovered"  # closed: an interrupted run was undone by the next command
+    RESTORED = "restored"  # closed: a failed apply undid itself
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_open(self) -> bool:
+        """A run that began changing the target and did not finish: the next command must
+        finish its undo before anything else."""
+        return self in (State.WRITING, State.WRITTEN, State.RESTARTING)
+
+    @property
+    def is_closed(self) -> bool:
+        return self in (State.ROLLED_BACK, State.RECOVERED, State.RESTORED)
 
 
 @dataclass
@@ -83,7 +104,7 @@ class Ledger:
     target: str
     key: str
     patch: str
-    state: str
+    state: State
     comfyui_root: str
     start_script: str | None = None
     files: list[FileRecord] = field(default_factory=list)
@@ -95,21 +116,35 @@ class Ledger:
     updated: float = field(default_factory=time.time)
     recreate: Recreated | None = None
 
+    def __post_init__(self) -> None:
+        self.state = State(self.state)  # "applied" from older callers and JSON alike
+
     @property
     def is_open(self) -> bool:
-        return self.state in OPEN_STATES
+        return self.state.is_open
+
+    @property
+    def in_target(self) -> bool:
+        """Whether the ledger and backups belong inside the target as well as on this host:
+        always, but for a container swap while the replacement does not carry the change."""
+        if self.recreate is None:
+            return True
+        return self.state in (State.WRITTEN, State.RESTARTING, State.APPLIED)
 
     def event(self, what: str) -> None:
         self.history.append({"time": time.time(), "event": what, "patch": self.patch})
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Ledger:
         files = [FileRecord(**f) for f in data.pop("files", [])]
         swap = data.pop("recreate", None)
-        return cls(files=files, recreate=Recreated(**swap) if swap else None, **data)
+        state = State(data.pop("state"))
+        return cls(files=files, recreate=Recreated(**swap) if swap else None, state=state, **data)
 
 
 class LedgerStore:
@@ -119,8 +154,6 @@ class LedgerStore:
         self.target = target
         self.folder = folder  # inside the target
         self.mirror = host_state_dir() / target.key
-        #: Write on this host only: the original of a recreated container stays untouched.
-        self.host_only = False
 
     @classmethod
     def locate(cls, target: Target, comfyui_root: str | None) -> LedgerStore:
@@ -167,35 +200,43 @@ class LedgerStore:
             return Ledger.from_json(json.loads(mirror.read_text()))
         return None
 
+    def advance(self, ledger: Ledger, state: State, event: str | None = None) -> None:
+        """The one way a run moves on: set the state, note the event, save."""
+        ledger.state = state
+        if event is not None:
+            ledger.event(event)
+        self.save(ledger)
+
     def save(self, ledger: Ledger) -> None:
         ledger.updated = time.time()
         data = json.dumps(ledger.to_json(), indent=2, sort_keys=True).encode()
         self.mirror.mkdir(parents=True, exist_ok=True)
         _atomic_host_write(self.mirror / "ledger.json", data)
-        if not self.host_only:
+        if ledger.in_target:
             self.target.write_file(self.path("ledger.json"), data, PRIVATE)
         _atomic_host_write(host_state_dir() / "last-target", ledger.target.encode())
 
     # ----------------------------------------------------------------- backups
 
-    def store_backup(self, record: FileRecord, data: bytes) -> None:
+    def store_backup(self, ledger: Ledger, record: FileRecord, data: bytes) -> None:
         assert sha256(data) == record.sha256_before
-        self._store(record.backup_name, data)
+        self._store(record.backup_name, data, in_target=ledger.in_target)
 
-    def store_patched(self, record: FileRecord, data: bytes) -> None:
+    def store_patched(self, ledger: Ledger, record: FileRecord, data: bytes) -> None:
         """What qpatch wrote, so verify can show a drifted file's diff against it."""
         assert sha256(data) == record.sha256_after
-        self._store(record.patched_name, data)
+        self._store(record.patched_name, data, in_target=ledger.in_target)
 
-    def _store(self, name: str, data: bytes) -> None:
+    def _store(self, name: str, data: bytes, *, in_target: bool) -> None:
         (self.mirror / "files").mkdir(parents=True, exist_ok=True)
         _atomic_host_write(self.mirror / name, data)
-        if not self.host_only:
+        if in_target:
             self.ensure_folder()
             self.target.write_file(self.path(name), data, PRIVATE)
 
     def copy_to_target(self, ledger: Ledger) -> None:
-        """Put the backups kept on this host only (host_only) into the target as well."""
+        """Put the backups kept on this host only (before the replacement of a container
+        swap carried the change) into the target as well."""
         self.ensure_folder()
         for rec in ledger.files:
             for name in (rec.backup_name, rec.patched_name):
@@ -205,7 +246,7 @@ class LedgerStore:
         mirror = self.mirror / record.patched_name
         written = mirror.read_bytes() if mirror.is_file() else b""
         now = self.target.read_file(record.path)[0] if self.target.exists(record.path) else b""
-        return text_diff(written, now, f"{record.path} (as written)", f"{record.path} (now)")
+        return unified_diff(written, now, f"{record.path} (as written)", f"{record.path} (now)")
 
     def backup(self, record: FileRecord) -> bytes:
         """The original bytes, checked against their hash, from the target or the mirror."""
@@ -223,21 +264,17 @@ class LedgerStore:
             f"{self.path('files')} or {self.mirror / 'files'}"
         )
 
-    def keep_drifted(self, record: FileRecord, data: bytes) -> str:
+    def keep_drifted(self, record: FileRecord, data: bytes, *, in_target: bool) -> str:
+        """A copy of a file changed since apply, before a forced rollback overwrites it;
+        on this host only when the target itself goes away with the rollback."""
         name = f"drifted/{posixpath.basename(record.path)}.{sha256(data)[:12]}"
         (self.mirror / "drifted").mkdir(parents=True, exist_ok=True)
         _atomic_host_write(self.mirror / name, data)
-        if self.host_only:
+        if not in_target:
             return str(self.mirror / name)
         self.target.exec(["mkdir", "-p", self.path("drifted")]).check("creating drifted/")
         self.target.write_file(self.path(name), data, PRIVATE)
         return self.path(name)
-
-
-def text_diff(a: bytes, b: bytes, name_a: str, name_b: str) -> str:
-    lines_a = a.decode("utf-8", "replace").splitlines(keepends=True)
-    lines_b = b.decode("utf-8", "replace").splitlines(keepends=True)
-    return "".join(difflib.unified_diff(lines_a, lines_b, name_a, name_b))
 
 
 def last_target() -> str | None:

@@ -4,7 +4,6 @@ edits themselves are the pure codemods and start-script editor."""
 
 from __future__ import annotations
 
-import difflib
 import posixpath
 from dataclasses import dataclass, field
 
@@ -16,7 +15,6 @@ from qpatch.errors import BadInput
 from qpatch.patchspec import CodemodStep, Patch, StartupStep
 from qpatch.report import Report
 from qpatch.targets.base import FileStat, Target
-from qpatch.targets.docker import DockerTarget
 
 #: Compiles a copy of a rewritten file with the target's own interpreter, writing no .pyc
 #: (py_compile would leave a __pycache__ behind in the target). Constant; the temp path
@@ -88,12 +86,6 @@ def _compile_in_target(target: Target, edit: FileEdit) -> None:
 def _python_for_compile(target: Target) -> str:
     servers = target.server_processes()
     return servers[0].exe if servers else "python3"
-
-
-def unified_diff(edit: FileEdit) -> str:
-    a = edit.before.decode("utf-8", "replace").splitlines(keepends=True)
-    b = edit.after.decode("utf-8", "replace").splitlines(keepends=True)
-    return "".join(difflib.unified_diff(a, b, f"a{edit.path}", f"b{edit.path}"))
 
 
 # --------------------------------------------------------------------------- making it
@@ -182,19 +174,18 @@ def _plan_container(
     target: Target, layout: Layout, patch_name: str, step: StartupStep
 ) -> tuple[ContainerChange, Report, dict[str, str], list[str]]:
     """The Env and command of a container that launches main.py itself."""
-    if not isinstance(target, DockerTarget):
+    config = target.container_config()
+    if config is None:
         raise BadInput(
             f"no start script found for {target.description}",
             hint="name the script that starts ComfyUI with --start-script",
         )
-    config = target.container.attrs["Config"]
-    entrypoint, cmd = config.get("Entrypoint"), config.get("Cmd")
-    launch = container_command.find_launch([*(entrypoint or []), *(cmd or [])])
+    launch = container_command.find_launch(config.command)
     flag_edits, env, report = _flags_and_env(target, layout, step, launch, list(launch.flags))
     change = container_command.plan_change(
-        entrypoint=entrypoint,
-        cmd=cmd,
-        env_list=config.get("Env") or [],
+        entrypoint=config.entrypoint,
+        cmd=config.cmd,
+        env_list=config.env,
         env=env,
         flags=flag_edits,
         patch_name=patch_name,
@@ -226,7 +217,7 @@ def _flags_and_env(
 def _ask_comfyui(target: Target, layout: Layout, launch: startup.Launch) -> comfy_flags.ComfyCli:
     """The flags this very ComfyUI accepts: its own `main.py --help`, run in the target."""
     interpreter = launch.interpreter if launch.interpreter.startswith("/") else layout.python
-    argv = [interpreter, *launch.python_options, "main.py", "--help"]
+    argv = launch.help_argv(interpreter)
     r = target.exec(argv, cwd=layout.root, timeout=60)
     if r.exit_code != 0 or "usage:" not in r.text:
         err = (r.stderr or r.stdout).decode("utf-8", "replace").strip()[-600:]

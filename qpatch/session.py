@@ -1,26 +1,28 @@
-"""One module per command; this one holds what they all do first: find the target, take
-its lock, and finish any run that was interrupted before doing anything else."""
+"""The composition root every command opens first: resolve the target, discover ComfyUI
+in it, locate its ledger, take its lock, finish any run that was interrupted — then hand
+the command one Context, and clean up what it made if it wrote nothing."""
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
 
+from qpatch.context import Context
 from qpatch.discovery import discover
-from qpatch.engine import Context, recover_interrupted
+from qpatch.engine import recover_interrupted
 from qpatch.errors import BadInput
 from qpatch.ledger import LedgerStore, last_target
 from qpatch.lock import target_lock
 from qpatch.output import Console
+from qpatch.result import Result
 from qpatch.targets import open_target
 
 
 @contextmanager
 def session(
     out: Console,
-    result: dict[str, Any],
+    result: Result,
     ref: str | None,
     *,
     comfyui_root: str | None = None,
@@ -43,11 +45,11 @@ def session(
         restart_cmd=shlex.split(restart_cmd) if restart_cmd else None,
     )
     layout = discover(target, root=comfyui_root, start_script=start_script)
-    if layout.start_script and hasattr(target, "start_script"):
+    if layout.start_script:
         target.start_script = layout.start_script  # a local server restarts through it
     store = LedgerStore.locate(target, layout.root)
     ctx = Context(target, layout, store, out, timeout, result)
-    result.update(target=target.ref)
+    result.target = target.ref
     lock: AbstractContextManager[None] = nullcontext()
     created = False
     if exclusive and target.state().running:  # a stopped container: no exec, nobody racing

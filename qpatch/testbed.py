@@ -361,3 +361,23 @@ def ensure_image(
     size = client.images.get(p.final_tag).attrs["Size"]
     log(f"{p.final_tag} built in {time.monotonic() - t0:.1f} s ({size / 1e9:.2f} GB)")
     return p.final_tag
+
+
+# ----------------------------------------------------------------------------- the demo
+
+DEMO_LABEL = "org.qpatch.demo"
+
+
+def start_demo(client: docker.DockerClient, image: str, name: str) -> None:
+    client.containers.run(image, name=name, detach=True, labels={DEMO_LABEL: "1"})
+
+
+def remove_demo(client: docker.DockerClient, name: str) -> None:
+    """Remove the demo container left by an earlier demo; never someone else's."""
+    try:
+        old = client.containers.get(name)
+    except docker.errors.NotFound:
+        return
+    if old.labels.get(DEMO_LABEL) != "1":
+        raise QpatchError(f"a container named {name} exists and is not qpatch's demo; remove it")
+    old.remove(force=True, v=True)  # and its anonymous volume, if the image declares one

@@ -16,29 +16,30 @@ survives, including the ones nobody thought to list. Only what inspect shows els
 added back: the original's volumes (its anonymous ones too, so their data stays with the
 container) and its network endpoints (aliases, static addresses).
 
-Until the replacement exists the ledger lives on this host only (LedgerStore.host_only),
-then inside the replacement too; the original never holds any of it.
+Until the replacement carries the change the ledger lives on this host only
+(Ledger.in_target), then inside the replacement too; the original never holds any of it.
+This module and qpatch/targets/docker.py are the only ones that talk to the Docker SDK.
 """
 
 from __future__ import annotations
 
 import copy
 import posixpath
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict
+from typing import Any
 
 import docker.errors
 from docker.models.containers import Container
 
-from qpatch import health
+from qpatch.appliers.base import Check
+from qpatch.context import Context
 from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError, Restored
 from qpatch.faults import fault_point
-from qpatch.ledger import Ledger, LedgerStore, Recreated
+from qpatch.ledger import Ledger, LedgerStore, Recreated, State
 from qpatch.plan import Plan
+from qpatch.steps import wait_healthy
 from qpatch.targets.base import Target
 from qpatch.targets.docker import DockerTarget
-
-if TYPE_CHECKING:
-    from qpatch.engine import Context
 
 BACKUP_SUFFIX = "-qpatch-original"
 NEW_SUFFIX = "-qpatch-new"  # the replacement's name until the swap
@@ -46,9 +47,10 @@ IMAGE_REPO = "qpatch-recreate"
 
 
 def _docker(target: Target) -> DockerTarget:
-    if not isinstance(target, DockerTarget):
+    container = target.as_container()
+    if container is None:
         raise BadInput(f"--recreate works on Docker containers only, not {target.description}")
-    return target
+    return container
 
 
 def _get(client: docker.DockerClient, ref: str | None) -> Container | None:
@@ -93,11 +95,10 @@ def prepare(ctx: Context, plan: Plan, ledger: Ledger) -> None:
         cmd=plan.container.cmd,
         env=plan.container.env,
     )
-    ctx.store.host_only = True
 
 
 def apply(ctx: Context, plan: Plan, ledger: Ledger) -> dict[str, Any]:
-    """Commit, create, write, swap, start, health-gate; return /system_stats. The caller
+    """Commit, create, write, swap, start, health-gate; return /system_stats. The engine
     calls undo() on any exception."""
     target = _docker(ctx.target)
     rec = _record(ledger)
@@ -115,14 +116,12 @@ def apply(ctx: Context, plan: Plan, ledger: Ledger) -> dict[str, Any]:
     for edit in plan.changed_edits:
         target.write_file(edit.path, edit.after, edit.stat)
         ctx.out.step(f"wrote {edit.path} in the replacement")
-    ledger.state = "written"
-    ctx.store.host_only = False  # the ledger folder came along with the commit
-    ctx.store.save(ledger)
+    ctx.store.advance(ledger, State.WRITTEN)  # in the replacement from here: the ledger
+    # folder came along with the commit
 
     old = DockerTarget(original.id, original.client)
     _leave_no_trace(old, ctx.store.folder)
-    ledger.state = "restarting"
-    ctx.store.save(ledger)
+    ctx.store.advance(ledger, State.RESTARTING)
     ctx.out.step(f"stopping the original {original.short_id}; kept as {rec.backup_name}")
     old.stop()
     if _restarts_by_itself(rec.restart_policy):
@@ -132,7 +131,7 @@ def apply(ctx: Context, plan: Plan, ledger: Ledger) -> dict[str, Any]:
     fault_point("recreate-after-swap")
     ctx.out.step(f"starting the replacement as {rec.name}")
     replacement.start()
-    stats = _wait_healthy(ctx, "the replacement")
+    stats = wait_healthy(ctx, "the replacement")
     ctx.store.copy_to_target(ledger)
     return stats
 
@@ -225,10 +224,6 @@ def _connect_args(endpoint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _wait_healthy(ctx: Context, which: str) -> dict[str, Any]:
-    return health.wait_healthy_shown(ctx.api, ctx.out, timeout=ctx.timeout, where=which)
-
-
 # --------------------------------------------------------------------------- back
 
 
@@ -294,11 +289,10 @@ def undo(ctx: Context, ledger: Ledger, cause: BaseException) -> QpatchError:
     logs = target.logs(20) if target.container.id == rec.replacement_id else ""
     try:
         swap_back(ctx, ledger, graceful=False)
-        _wait_healthy(ctx, "the original")
-        ledger.state = "restored"
-        ledger.event(f"apply --recreate failed and was undone: {cause}")
-        ctx.store.host_only = True
-        ctx.store.save(ledger)
+        wait_healthy(ctx, "the original")
+        ctx.store.advance(
+            ledger, State.RESTORED, f"apply --recreate failed and was undone: {cause}"
+        )
     except Exception as e:
         return NotRestored(
             f"could not restore after: {cause}\n  restore failed: {e}\n" + manual_steps(rec)
@@ -314,18 +308,15 @@ def undo(ctx: Context, ledger: Ledger, cause: BaseException) -> QpatchError:
 def rollback(ctx: Context, ledger: Ledger, *, restart: bool) -> None:
     """The original back under its name, exactly as it was; the ledger stays on this host."""
     rec = _record(ledger)
-    ctx.store.host_only = True
     ctx.out.step(f"giving {rec.name} back to the original container {rec.original_id[:12]}")
     try:
         swap_back(ctx, ledger, start=restart)
     except QpatchError as e:
         raise NotRestored(f"rollback failed: {e}\n" + manual_steps(rec)) from e
-    ledger.state = "rolled-back"
-    ledger.event("rolled back: the original container is back")
-    ctx.store.save(ledger)
+    ctx.store.advance(ledger, State.ROLLED_BACK, "rolled back: the original container is back")
     if restart:
         try:
-            _wait_healthy(ctx, "the original")
+            wait_healthy(ctx, "the original")
         except CheckFailed as e:
             raise CheckFailed(f"the original container is back, but not healthy: {e}") from e
     else:
@@ -335,11 +326,10 @@ def rollback(ctx: Context, ledger: Ledger, *, restart: bool) -> None:
 def recover(ctx: Context, ledger: Ledger) -> None:
     """Finish the undo of a recreate that was killed half-way."""
     swap_back(ctx, ledger, graceful=False)
-    ctx.store.host_only = True
-    ledger.state = "recovered"
-    ledger.event("interrupted recreate recovered: the original container is back")
-    ctx.store.save(ledger)
-    _wait_healthy(ctx, "the original")
+    ctx.store.advance(
+        ledger, State.RECOVERED, "interrupted recreate recovered: the original container is back"
+    )
+    wait_healthy(ctx, "the original")
 
 
 def manual_steps(rec: Recreated) -> str:
@@ -403,3 +393,44 @@ def describe(rec: Recreated) -> str:
         f"  recreated: the original {rec.original_id[:12]} waits, stopped, as "
         f"{rec.backup_name}; the replacement runs {rec.image}"
     )
+
+
+# --------------------------------------------------------------------------- the applier
+
+
+class ContainerApplier:
+    """`apply --recreate`: the functions above behind the appliers' protocol."""
+
+    target_survives_rollback = False  # the replacement goes; copies stay on this host
+
+    def prepare(self, ctx: Context, plan: Plan, ledger: Ledger) -> None:
+        prepare(ctx, plan, ledger)
+
+    def apply(self, ctx: Context, plan: Plan, ledger: Ledger, *, restart: bool) -> Any:
+        return apply(ctx, plan, ledger)
+
+    def undo(
+        self, ctx: Context, ledger: Ledger, cause: BaseException, *, restarted: bool
+    ) -> QpatchError:
+        return undo(ctx, ledger, cause)
+
+    def recover(self, ctx: Context, ledger: Ledger) -> str:
+        recover(ctx, ledger)
+        return "recovered: the original container is back as it was"
+
+    def rollback(self, ctx: Context, ledger: Ledger, *, restart: bool, forced: bool) -> str:
+        rollback(ctx, ledger, restart=restart)
+        return f"rolled back {ledger.patch}: the original container is back, as it was"
+
+    def manual_steps(self, ctx: Context, ledger: Ledger) -> str:
+        return manual_steps(_record(ledger))
+
+    def checks(self, ctx: Context, ledger: Ledger) -> list[Check]:
+        return checks(ctx, ledger)
+
+    def describe(self, ctx: Context, ledger: Ledger) -> str | None:
+        ctx.result.recreate = asdict(_record(ledger))
+        return describe(_record(ledger))
+
+    def dry_run(self, plan: Plan) -> str | None:
+        return plan.container.describe() if plan.container is not None else None

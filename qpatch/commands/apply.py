@@ -1,19 +1,18 @@
 from __future__ import annotations
 
-from typing import Any
-
 from qpatch import engine
-from qpatch.commands import session
 from qpatch.errors import BadInput
 from qpatch.output import Console
 from qpatch.patchspec import load_patch
 from qpatch.plan import make_plan
+from qpatch.result import Result
+from qpatch.session import session
 from qpatch.workflow import load_workflow
 
 
 def apply(
     out: Console,
-    result: dict[str, Any],
+    result: Result,
     *,
     target: str,
     patch: str,
@@ -30,7 +29,7 @@ def apply(
         raise BadInput("--recreate starts a new container: it cannot be combined with --no-restart")
     spec = load_patch(patch)
     prompt = load_workflow(measure) if measure else None
-    result["patch"] = spec.name
+    result.patch = spec.name
     with session(
         out,
         result,

@@ -4,9 +4,6 @@ qpatch-demo, patched, verified and rolled back with the same output a user sees.
 from __future__ import annotations
 
 import subprocess
-from typing import Any
-
-import docker.errors
 
 from qpatch import testbed
 from qpatch.comfy_api import ComfyAPI
@@ -16,23 +13,23 @@ from qpatch.commands.verify import verify
 from qpatch.errors import QpatchError
 from qpatch.health import wait_healthy
 from qpatch.output import Console
+from qpatch.result import Result
 from qpatch.targets.docker import DockerTarget, connect
 
 NAME = "qpatch-demo"
 WORKFLOW = str(testbed.REPO / "examples" / "workflows" / "qwen_image_standin.json")
-LABEL = "org.qpatch.demo"
 
 
-def demo(out: Console, result: dict[str, Any], *, keep: bool) -> int:
+def demo(out: Console, result: Result, *, keep: bool) -> int:
     out.step("ensuring a Docker engine (scripts/ensure-docker)")
     if subprocess.run([str(testbed.REPO / "scripts" / "ensure-docker")]).returncode != 0:
         raise QpatchError("no Docker engine: see the messages of scripts/ensure-docker above")
     client = connect()
     out.step("ensuring the test-bed image (our ComfyUI stand-in; about 2 minutes the first time)")
     image = testbed.ensure_image(client=client)
-    _remove_old_demo(client)
+    testbed.remove_demo(client, NAME)
     out.step(f"starting container {NAME} from {image}")
-    client.containers.run(image, name=NAME, detach=True, labels={LABEL: "1"})
+    testbed.start_demo(client, image, NAME)
     try:
         show = out.progress("waiting for ComfyUI to start")
         wait_healthy(ComfyAPI(DockerTarget(NAME), "python3"), timeout=180, progress=show)
@@ -71,25 +68,14 @@ def demo(out: Console, result: dict[str, Any], *, keep: bool) -> int:
         ]
         for name, run in steps:
             out.line(f"\n$ qpatch {name} {NAME}", bold=True)
-            result[name] = {}
-            code = run(result[name])
+            code = run(result.step(name))
             if code != 0:
                 return code
-        result["status"] = "ok"
+        result.status = "ok"
         out.ok("demo done: applied, verified and rolled back byte-exact")
         return 0
     finally:
         if not keep:
-            _remove_old_demo(client)
+            testbed.remove_demo(client, NAME)
         else:
             out.line(f"kept container {NAME} (--keep)")
-
-
-def _remove_old_demo(client: docker.DockerClient) -> None:
-    try:
-        old = client.containers.get(NAME)
-    except docker.errors.NotFound:
-        return
-    if old.labels.get(LABEL) != "1":
-        raise QpatchError(f"a container named {NAME} exists and is not qpatch's demo; remove it")
-    old.remove(force=True, v=True)  # and its anonymous volume (the image declares one)

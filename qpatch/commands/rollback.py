@@ -1,15 +1,14 @@
 from __future__ import annotations
 
-from typing import Any
-
 from qpatch import engine
-from qpatch.commands import session
 from qpatch.output import Console
+from qpatch.result import Result
+from qpatch.session import session
 
 
 def rollback(
     out: Console,
-    result: dict[str, Any],
+    result: Result,
     *,
     target: str | None,
     no_restart: bool,

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from typing import Any
-
 from qpatch import engine
-from qpatch.commands import session
 from qpatch.output import Console
+from qpatch.result import Result
+from qpatch.session import session
 
 
-def status(out: Console, result: dict[str, Any], *, target: str | None) -> int:
+def status(out: Console, result: Result, *, target: str | None) -> int:
     with session(out, result, target, require_running=False, exclusive=False) as ctx:
         return engine.status(ctx)

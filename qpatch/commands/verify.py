@@ -1,16 +1,15 @@
 from __future__ import annotations
 
-from typing import Any
-
 from qpatch import engine
-from qpatch.commands import session
 from qpatch.output import Console
+from qpatch.result import Result
+from qpatch.session import session
 from qpatch.workflow import load_workflow
 
 
 def verify(
     out: Console,
-    result: dict[str, Any],
+    result: Result,
     *,
     target: str | None,
     workflow: str | None = None,

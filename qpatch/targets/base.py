@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from qpatch.errors import QpatchError
 from qpatch.targets.procs import Proc
+
+if TYPE_CHECKING:
+    from qpatch.targets.docker import DockerTarget
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,20 @@ class FileStat:
     size: int
 
 
+@dataclass(frozen=True)
+class ContainerConfig:
+    """What a container runtime starts and with which environment (Docker's Config):
+    a container launched straight from its command carries ComfyUI's flags here."""
+
+    entrypoint: list[str] | None
+    cmd: list[str] | None
+    env: list[str] = field(default_factory=list)  # "NAME=value", as the runtime keeps them
+
+    @property
+    def command(self) -> list[str]:
+        return [*(self.entrypoint or []), *(self.cmd or [])]
+
+
 class Target(Protocol):
     """A ComfyUI installation qpatch can read, write, run commands in and restart."""
 
@@ -53,6 +70,19 @@ class Target(Protocol):
     key: str
     #: how `qpatch verify` etc. find it again: the container name, or "local:PATH"
     ref: str
+    #: the ComfyUI root the reference itself names (local:PATH), else None: discovered
+    root: str | None
+    #: the script that launches ComfyUI, once known; a local target restarts through it
+    start_script: str | None
+    #: folders besides the ComfyUI root where one-click images keep their start scripts
+    script_folders: tuple[str, ...]
+
+    def container_config(self) -> ContainerConfig | None:
+        """The runtime's command and environment; None where no runtime keeps one."""
+
+    def as_container(self) -> DockerTarget | None:
+        """The Docker container behind this target, for the applier that swaps it; None
+        where there is none."""
 
     def exec(
         self,

@@ -17,7 +17,7 @@ from docker.models.containers import Container
 
 from qpatch.errors import BadInput, QpatchError
 from qpatch.targets import procs, tarsafe
-from qpatch.targets.base import ExecResult, FileStat, TargetState
+from qpatch.targets.base import ContainerConfig, ExecResult, FileStat, TargetState
 
 #: How long to wait for the container to end by itself after ComfyUI got SIGTERM. The
 #: test bed ends in 0.5 s; a script ending in `tail -f` never does, and gets a restart.
@@ -54,6 +54,9 @@ class DockerTarget:
             raise BadInput(f"container {ref!r}: {e.explanation or e}") from e
         name = self.container.name
         self.ref = name
+        self.root: str | None = None  # discovered inside the container
+        self.start_script: str | None = None
+        self.script_folders = ("/", "/root")
         self.key = "docker-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         self.follow(self.container)
         state = self.container.attrs["State"]
@@ -163,8 +166,14 @@ class DockerTarget:
         return procs.comfyui_servers(self.exec(procs.SCAN_ARGV).text)
 
     def configured_command(self) -> list[str] | None:
+        return self.container_config().command or None
+
+    def container_config(self) -> ContainerConfig:
         cfg = self.container.attrs["Config"]
-        return list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or []) or None
+        return ContainerConfig(cfg.get("Entrypoint"), cfg.get("Cmd"), list(cfg.get("Env") or []))
+
+    def as_container(self) -> DockerTarget:
+        return self
 
     def restart(self) -> None:
         """Stop quickly (see stop) and start again."""

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from qpatch.errors import BadInput, QpatchError
+from qpatch.main_py import MAIN_PY, is_main_py
 from qpatch.paths import host_state_dir
 from qpatch.targets import procs
 from qpatch.targets.base import ExecResult, FileStat, TargetState
@@ -32,7 +33,7 @@ RESTART_CMD_TIMEOUT_S = 120.0
 RESTART_CMD_GRACE_S = 10.0
 TIMEOUT_EXIT = 124  # what coreutils `timeout` exits with, so callers read it one way
 
-Launch = tuple[tuple[str, ...], str, dict[str, str] | None]  # argv, cwd, env (None: ours)
+StartedAs = tuple[tuple[str, ...], str, dict[str, str] | None]  # argv, cwd, env (None: ours)
 
 
 def scan_processes() -> list[procs.Proc]:
@@ -122,19 +123,20 @@ class LocalTarget:
         self.root = os.path.abspath(root)
         if not os.path.isdir(self.root):
             raise BadInput(f"local:{self.root}: no such folder")
-        if not os.path.isfile(os.path.join(self.root, "main.py")):
+        if not os.path.isfile(os.path.join(self.root, MAIN_PY)):
             raise BadInput(f"local:{self.root} is not a ComfyUI root: it has no main.py")
         self.start_script = self._path(start_script) if start_script else None
         if self.start_script and not os.path.isfile(self.start_script):
             raise BadInput(f"start script {self.start_script}: no such file")
         self.restart_cmd = tuple(restart_cmd) if restart_cmd else None
+        self.script_folders: tuple[str, ...] = ()  # on a host, only the root is looked in
         self.port = port
         self.ref = self.description = f"local:{self.root}"
         # the real path, so every spelling of one folder shares one ledger
         real = os.path.realpath(self.root)
         self.key = "local-" + hashlib.sha256(real.encode()).hexdigest()[:16]
         self._launcher: subprocess.Popen[bytes] | None = None  # what we last started
-        self._last_launch: Launch | None = None  # how the server was last seen started
+        self._last_launch: StartedAs | None = None  # how the server was last seen started
 
     @property
     def log_path(self) -> Path:
@@ -236,12 +238,12 @@ class LocalTarget:
 
     def server_processes(self) -> list[procs.Proc]:
         """Pythons running this root's main.py: their cwd is the root, or main.py is ours."""
-        main = os.path.join(self.root, "main.py")
+        main = os.path.join(self.root, MAIN_PY)
         found = []
         for p in scan_processes():
             if not p.is_comfyui_server or not _alive(p.pid):
                 continue
-            script = next(a for a in p.argv[1:] if a == "main.py" or a.endswith("/main.py"))
+            script = next(a for a in p.argv[1:] if is_main_py(a))
             # seen through the process's own root and cwd: right for containers' pythons too
             base = f"/proc/{p.pid}/root" if script.startswith("/") else f"/proc/{p.pid}/cwd/"
             if _same_file(f"/proc/{p.pid}/cwd", self.root) or _same_file(base + script, main):
@@ -253,6 +255,12 @@ class LocalTarget:
         """The start script when one was given; the host keeps no other record of how
         ComfyUI is started, so discovery should go looking."""
         return ["bash", self.start_script] if self.start_script else None
+
+    def container_config(self) -> None:
+        return None
+
+    def as_container(self) -> None:
+        return None
 
     def _launcher_alive(self) -> bool:
         return self._launcher is not None and self._launcher.poll() is None
@@ -289,7 +297,7 @@ class LocalTarget:
         self._stop(servers)
         self._launch_all(launches)
 
-    def _launches(self, servers: list[procs.Proc]) -> list[Launch]:
+    def _launches(self, servers: list[procs.Proc]) -> list[StartedAs]:
         if self.start_script:
             return [(("bash", self.start_script), os.path.dirname(self.start_script), None)]
         if servers:
@@ -326,7 +334,7 @@ class LocalTarget:
                 return
         raise QpatchError(f"ComfyUI (pid {', '.join(map(str, pids))}) survived SIGKILL")
 
-    def _launch_all(self, launches: list[Launch]) -> None:
+    def _launch_all(self, launches: list[StartedAs]) -> None:
         """Detached (own session, output to a file): the server must outlive qpatch."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         for argv, cwd, env in launches:
@@ -397,7 +405,7 @@ class LocalTarget:
         return b"".join(lines).decode("utf-8", errors="replace")
 
 
-def _as_started(p: procs.Proc) -> Launch:
+def _as_started(p: procs.Proc) -> StartedAs:
     """The server's own argv, cwd and environment. argv[0] rather than /proc's exe: exe is
     the resolved interpreter, and a venv's python run by that path is no longer the venv."""
     return p.argv, p.cwd, _environ(p.pid)

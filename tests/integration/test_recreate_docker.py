@@ -15,8 +15,8 @@ import docker.errors
 import pytest
 from docker.models.containers import Container
 
+from qpatch.appliers.container import BACKUP_SUFFIX, IMAGE_REPO, NEW_SUFFIX
 from qpatch.comfy_api import ComfyAPI
-from qpatch.recreate import BACKUP_SUFFIX, IMAGE_REPO, NEW_SUFFIX
 from qpatch.targets.docker import DockerTarget
 from tests.conftest import TESTBED_PYTHON, StartContainer
 from tests.integration.test_engine_docker import NODE, healthy, qpatch

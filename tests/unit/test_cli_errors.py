@@ -12,12 +12,13 @@ from click.testing import CliRunner, Result
 from qpatch.cli import DEBUG_ENV, JSON, _dispatch, cli
 from qpatch.errors import INTERNAL_ERROR, BadInput
 from qpatch.output import Console
+from qpatch.result import Result as CommandResult
 
 
-def boom(out: Console, result: dict[str, Any], what: str) -> int:
+def boom(out: Console, result: CommandResult, what: str) -> int:
     """A command body that fails the way it is told to, after reporting some progress."""
-    result["status"] = "planning"
-    result["step"] = "read"
+    result.status = "planning"
+    result.patch = "read"
     if what == "bug":
         raise ValueError("boom")
     if what == "bare":
@@ -60,7 +61,7 @@ def test_a_bug_with_json_is_an_internal_error_object() -> None:
     assert obj["status"] == "internal-error"
     assert obj["exit_code"] == 70
     assert obj["error"].startswith("internal error: ValueError: boom — this is a bug in qpatch")
-    assert obj["step"] == "read"  # what the command reported before it failed is kept
+    assert obj["patch"] == "read"  # what the command reported before it failed is kept
     assert obj["findings"] == []
 
 
@@ -109,8 +110,8 @@ def test_success_is_untouched() -> None:
     assert json.loads(r.stdout) == {
         "exit_code": 0,
         "findings": [],
+        "patch": "read",
         "status": "planning",
-        "step": "read",
     }
 
 
