@@ -109,7 +109,17 @@ def cli() -> None:
     help="Run this API-format workflow before writing and after the restart; compare VRAM.",
 )
 def apply(**kwargs: Any) -> None:
-    """Plan, back up, rewrite, validate, restart and health-check TARGET."""
+    """Plan, back up, rewrite, validate, restart and health-check TARGET.
+
+    With --measure, an unpatched run that runs out of GPU memory is recorded as the
+    baseline ("before: out of memory") and the patch goes on.
+
+    \b
+    Exit codes: 0 applied, already applied, or dry run · 1 failed, target restored · 2 bad
+    input, nothing changed · 3 the --measure workflow failed before patching, not for lack
+    of memory: nothing changed · 4 could not restore (the message says what to do) · 70
+    internal error.
+    """
     from qpatch.commands.apply import apply as run
 
     _dispatch(run, **kwargs)
@@ -129,10 +139,58 @@ def apply(**kwargs: Any) -> None:
 @click.option(
     "--require-vram", is_flag=True, help="Exit 3 when VRAM cannot be measured (no NVIDIA GPU)."
 )
+@click.option(
+    "--baseline",
+    metavar="NAME",
+    help="Compare with the baseline saved by `qpatch measure --save NAME` instead of the one "
+    "apply --measure kept.",
+)
 @JSON
 def verify(**kwargs: Any) -> None:
-    """Check that TARGET is patched, unchanged since, healthy; measure VRAM."""
+    """Check that TARGET is patched, unchanged since, healthy; measure VRAM.
+
+    \b
+    Exit codes: 0 all checks pass · 2 bad input · 3 a check failed (not patched, a file
+    changed since, unhealthy, saving below --expect-saving, VRAM unmeasured with
+    --require-vram) · 70 internal error.
+    """
     from qpatch.commands.verify import verify as run
+
+    _dispatch(run, **kwargs)
+
+
+@cli.command()
+@click.argument("target")
+@click.option(
+    "--workflow",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="API-format workflow to run and measure.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 100),
+    default=1,
+    show_default=True,
+    help="How many times to run it; the run with the median peak stands for them.",
+)
+@click.option(
+    "--save",
+    metavar="NAME",
+    help="Keep the measurement on this host as baseline NAME, for verify --baseline NAME.",
+)
+@JSON
+def measure(**kwargs: Any) -> None:
+    """Run a workflow on TARGET as it is, changing nothing, and measure it.
+
+    A run that runs out of GPU memory is a result (status "out-of-memory"), not an error:
+    it is the baseline a patch is for.
+
+    \b
+    Exit codes: 0 measured (out of memory included) · 2 bad input · 3 the workflow failed,
+    not for lack of memory · 70 internal error.
+    """
+    from qpatch.commands.measure import measure as run
 
     _dispatch(run, **kwargs)
 
@@ -147,7 +205,13 @@ def verify(**kwargs: Any) -> None:
 @click.option("--restart-cmd", help="local: targets: command that restarts ComfyUI.")
 @JSON
 def rollback(**kwargs: Any) -> None:
-    """Restore every file qpatch changed, byte-exact, restart and health-check."""
+    """Restore every file qpatch changed, byte-exact, restart and health-check.
+
+    \b
+    Exit codes: 0 rolled back, or nothing to roll back · 2 bad input · 3 files changed since
+    apply (--force keeps a copy and restores), or unhealthy after the restore · 4 could
+    not restore (the message says what to do) · 70 internal error.
+    """
     from qpatch.commands.rollback import rollback as run
 
     _dispatch(run, **kwargs)

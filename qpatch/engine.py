@@ -25,15 +25,26 @@ from qpatch.textdiff import unified_diff
 
 
 def measure(
-    ctx: Context, prompt: dict[str, Any], what: str, seed: int | None = None
+    ctx: Context,
+    prompt: dict[str, Any],
+    what: str,
+    seed: int | None = None,
+    *,
+    allow_oom: bool = False,
+    workflow: str | None = None,
 ) -> vram.Measurement:
+    """One measured run, shown as the one table every command prints."""
     ctx.out.step(f"measuring the workflow ({what})")
     show = ctx.out.progress("workflow running")
     try:
-        m = vram.measure_workflow(ctx.api, prompt, progress=show, seed=seed)
+        m = vram.measure_workflow(
+            ctx.api, prompt, progress=show, seed=seed, allow_oom=allow_oom, workflow=workflow
+        )
     finally:
         ctx.out.end_progress()
     ctx.out.line(m.table())
+    if m.out_of_memory:
+        ctx.out.warn(f"the run ran out of memory ({m.error or 'no message'})".splitlines()[0])
     return m
 
 
@@ -81,15 +92,21 @@ def apply(
 ) -> int:
     previous = ctx.store.load()
     applier = appliers.for_plan(plan)
-    if not _show_plan(ctx, plan, previous):
-        return 0
-    if dry_run:
-        return _dry_run(ctx, plan, applier)
-    plan.validate(ctx.target)
-    baseline = measure(ctx, workflow, "before, unpatched") if workflow else None
-    ledger = _new_ledger(ctx, plan, previous, baseline)
-    applier.prepare(ctx, plan, ledger)  # from here on the original stays untouched
-    _back_up(ctx, plan, ledger)
+    try:
+        if not _show_plan(ctx, plan, previous):
+            return 0
+        if dry_run:
+            return _dry_run(ctx, plan, applier)
+        plan.validate(ctx.target)
+        baseline = None
+        if workflow:  # an out-of-memory baseline is the case users come with: a result
+            baseline = measure(ctx, workflow, "before, unpatched", allow_oom=True)
+        ledger = _new_ledger(ctx, plan, previous, baseline)
+        applier.prepare(ctx, plan, ledger)  # from here on the original stays untouched
+        _back_up(ctx, plan, ledger)
+    except (Exception, KeyboardInterrupt):
+        ctx.result.files = _outcomes(ctx, plan)  # refused: nothing of ComfyUI's was written
+        raise
     try:
         stats = applier.apply(ctx, plan, ledger, restart=restart)
         if stats is not None:
@@ -100,7 +117,11 @@ def apply(
         ctx.store.advance(ledger, State.APPLIED, event)
     except (Exception, KeyboardInterrupt) as e:
         restarted = restart and ledger.state in (State.RESTARTING, State.APPLIED)
-        raise applier.undo(ctx, ledger, e, restarted=restarted) from e
+        written = _written(ctx, plan)
+        error = applier.undo(ctx, ledger, e, restarted=restarted)
+        ctx.result.files = _outcomes(ctx, plan, written)
+        raise error from e
+    ctx.result.files = [{**row, "outcome": "written"} for row in file_rows(ledger)]
     ctx.result.status = "applied"
     ctx.result.measurements = ledger.measurements
     ctx.out.ok(f"applied {plan.patch_name} to {ctx.target.description}")
@@ -135,6 +156,36 @@ def _show_plan(ctx: Context, plan: Plan, previous: Ledger | None) -> bool:
     for change in plan.report.changes:
         out.line(f"  {change.kind}: {change}")
     return True
+
+
+def _written(ctx: Context, plan: Plan) -> set[str]:
+    """The files that carry the patch right now (best effort: a target that stopped
+    answering says nothing)."""
+    try:
+        return {
+            e.path for e in plan.changed_edits if current_sha(ctx.target, e.path) == sha256(e.after)
+        }
+    except Exception:  # noqa: BLE001 - only a report; the undo decides what happens
+        return set()
+
+
+def _outcomes(ctx: Context, plan: Plan, written: set[str] | None = None) -> list[dict[str, Any]]:
+    """What happened to each file of a refused or failed apply, read back from the target:
+    as before the command ("unchanged", or "restored" where it had been written), or not."""
+    rows = []
+    for edit in plan.edits:
+        before = sha256(edit.before)
+        try:
+            now: str | None = current_sha(ctx.target, edit.path)
+        except Exception:  # noqa: BLE001 - a report of what is known, never a new failure
+            now = "unknown"
+        row: dict[str, Any] = {"path": edit.path, "sha256_before": before}
+        if now == before:
+            row["outcome"] = "restored" if edit.path in (written or set()) else "unchanged"
+        else:
+            row.update(outcome="not restored", sha256_now=now)
+        rows.append(row)
+    return rows
 
 
 def _dry_run(ctx: Context, plan: Plan, applier: Applier) -> int:
@@ -203,7 +254,10 @@ def verify(
     workflow: dict[str, Any] | None = None,
     expect_saving: float | None = None,
     require_vram: bool = False,
+    baseline: dict[str, Any] | None = None,
 ) -> int:
+    """`baseline`: a saved measurement (`measure --save`) to compare with instead of the
+    one apply --measure left in the ledger."""
     out = ctx.out
     ledger = ctx.store.load()
     checks: list[dict[str, Any]] = []
@@ -234,7 +288,8 @@ def verify(
     stats = ctx.api.system_stats()
     check("healthy", stats is not None, "answers /system_stats" if stats else "no answer")
     if workflow is not None and stats is not None:
-        _verify_vram(ctx, ledger, workflow, expect_saving, require_vram, check)
+        base = baseline if baseline is not None else ledger.measurements.get("baseline")
+        _verify_vram(ctx, base, workflow, expect_saving, require_vram, check)
     elif require_vram or expect_saving is not None:
         check("vram", False, "not measured: give --workflow to measure")
     else:
@@ -246,20 +301,22 @@ def verify(
 
 def _verify_vram(
     ctx: Context,
-    ledger: Ledger,
+    baseline: dict[str, Any] | None,
     workflow: dict[str, Any],
     expect_saving: float | None,
     require_vram: bool,
     check: Any,
 ) -> None:
-    baseline = ledger.measurements.get("baseline")
     seed = baseline.get("seed") if baseline else None
     now = measure(ctx, workflow, "now", seed=seed)
     ctx.result.measurement = now.to_json()
     if baseline is None:
         problems = now.problems(require_vram=require_vram)
         if expect_saving is not None:
-            problems.append("no baseline in the ledger to compare with (apply --measure)")
+            problems.append(
+                "no baseline to compare with (apply --measure, or measure --save NAME "
+                "before patching and verify --baseline NAME)"
+            )
         check("vram", not problems, "; ".join(problems) or now.summary())
         return
     comparison = vram.compare(baseline, now)
@@ -267,6 +324,29 @@ def _verify_vram(
     ctx.result.comparison = comparison.to_json()
     problems = comparison.problems(expect_saving=expect_saving, require_vram=require_vram)
     check("vram", not problems, "; ".join(problems) or comparison.verdict)
+
+
+# --------------------------------------------------------------------------- measure
+
+
+def measure_runs(
+    ctx: Context, workflow: dict[str, Any], *, runs: int, name: str | None = None
+) -> vram.Measurement:
+    """The workflow on the target as it is, `runs` times, nothing changed; the run with the
+    median peak stands for them (the first where no peak was measured). Out of memory is
+    a result here, as it is for apply's baseline."""
+    measured = [
+        measure(ctx, workflow, f"run {i + 1} of {runs}", allow_oom=True, workflow=name)
+        for i in range(runs)
+    ]
+    peaks = [m for m in measured if m.peak.value is not None]
+    chosen = sorted(peaks, key=lambda m: m.peak.value)[len(peaks) // 2] if peaks else measured[0]
+    ctx.result.measurement = chosen.to_json()
+    ctx.result.measurements = {"runs": [m.to_json() for m in measured]}
+    ctx.result.status = "out-of-memory" if chosen.out_of_memory else "measured"
+    if runs > 1:
+        ctx.out.line(f"standing for the {runs} runs (median peak): {chosen.summary()}")
+    return chosen
 
 
 # --------------------------------------------------------------------------- rollback
@@ -285,11 +365,8 @@ def rollback(ctx: Context, *, restart: bool, force: bool) -> int:
     ctx.result.files = file_rows(ledger)
     ctx.result.findings = ledger.findings
     applier = appliers.for_ledger(ledger)
-    drifted = [
-        rec
-        for rec in ledger.files
-        if current_sha(ctx.target, rec.path) not in (rec.sha256_after, rec.sha256_before)
-    ]
+    now = {rec.path: current_sha(ctx.target, rec.path) for rec in ledger.files}
+    drifted = [r for r in ledger.files if now[r.path] not in (r.sha256_after, r.sha256_before)]
     if drifted and not force:
         names = ", ".join(r.path for r in drifted)
         raise CheckFailed(
@@ -297,6 +374,9 @@ def rollback(ctx: Context, *, restart: bool, force: bool) -> int:
             hint="qpatch rollback --force keeps a copy of each changed file, then restores",
         )
     for rec in drifted:
+        if now[rec.path] is None:  # deleted since: nothing to keep, the original comes back
+            out.warn(f"{rec.path} had been deleted since apply")
+            continue
         data = ctx.target.read_file(rec.path)[0]
         kept = ctx.store.keep_drifted(rec, data, in_target=applier.target_survives_rollback)
         out.warn(f"{rec.path} had changed since apply: kept a copy at {kept}")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from qpatch import engine
+from qpatch import baselines, engine
 from qpatch.output import Console
 from qpatch.result import Result
 from qpatch.session import session
@@ -15,9 +15,15 @@ def verify(
     workflow: str | None = None,
     expect_saving: float | None = None,
     require_vram: bool = False,
+    baseline: str | None = None,
 ) -> int:
     prompt = load_workflow(workflow) if workflow else None
+    saved = baselines.load(baseline) if baseline else None
     with session(out, result, target, require_running=False) as ctx:
         return engine.verify(
-            ctx, workflow=prompt, expect_saving=expect_saving, require_vram=require_vram
+            ctx,
+            workflow=prompt,
+            expect_saving=expect_saving,
+            require_vram=require_vram,
+            baseline=saved,
         )

@@ -17,6 +17,9 @@ from typing import Any
 
 GIB = 1024**3
 NO_GPU = "no NVIDIA GPU visible"
+#: A run's outcome: it finished, or the GPU ran out of memory (what users come with).
+COMPLETED = "completed"
+OUT_OF_MEMORY = "out-of-memory"
 
 
 # -- figures and measurements -------------------------------------------------------------
@@ -79,17 +82,38 @@ class Measurement:
     samples: int = 0
     sample_errors: int = 0
     notes: list[str] = field(default_factory=list)
+    outcome: str = COMPLETED
+    error: str | None = None  # the exception's message when the run did not complete
 
     @property
     def vram_measured(self) -> bool:
         return self.not_measured is None
 
+    @property
+    def out_of_memory(self) -> bool:
+        return self.outcome == OUT_OF_MEMORY
+
+    @property
+    def peak(self) -> Figure:
+        """The target's own peak where it could be attributed, else the device's."""
+        return self.target_peak if self.target_peak.value is not None else self.device_peak
+
     def summary(self) -> str:
         """One line: the peak and the time, or why VRAM was not measured."""
+        if self.out_of_memory:
+            return f"out of memory: {self.oom_words()}"
         if not self.vram_measured:
             return f"VRAM: not measured ({self.not_measured})"
-        peak = self.target_peak if self.target_peak.value is not None else self.device_peak
+        peak = self.peak
         return f"VRAM peak {peak} ({peak.source}), run time {self.wall_s}"
+
+    def oom_words(self) -> str:
+        """ "at 139.0 GiB (limit 139.8)", with what is known of the peak and the limit."""
+        if not self.vram_measured or self.peak.value is None:
+            return f"peak not measured ({self.not_measured or 'no reading'})"
+        total = self.device_total.value
+        limit = "" if total is None else f" (limit {total / GIB:.1f})"
+        return f"at {self.peak}{limit}"
 
     __str__ = summary
 
@@ -227,6 +251,10 @@ class Comparison:
     basis: str | None  # the row key the verdict rests on
     time_basis: str | None
     same_output: bool | None  # the node's output checksum matched (same seed both times)
+    before_outcome: str = COMPLETED
+    after_outcome: str = COMPLETED
+    before_oom: str | None = None  # "at 139.0 GiB (limit 139.8)" when the baseline ran out
+    after_peak: str | None = None
 
     def row(self, key: str) -> Row:
         return next(r for r in self.rows if r.key == key)
@@ -255,7 +283,20 @@ class Comparison:
         return None if ratio is None else (ratio - 1.0) * 100.0
 
     @property
+    def fixes_oom(self) -> bool:
+        """The baseline ran out of memory and the run after completes: the saving users
+        came for, whatever the peaks say (a peak at the device's limit is no real need)."""
+        return self.before_outcome == OUT_OF_MEMORY and self.after_outcome == COMPLETED
+
+    @property
     def verdict(self) -> str:
+        if self.before_outcome == OUT_OF_MEMORY:
+            after = (
+                f"completes, peak {self.after_peak}"
+                if self.after_outcome == COMPLETED
+                else "still out of memory"
+            )
+            return f"before: out of memory {self.before_oom}; after: {after}"
         if not self.measured:
             return f"VRAM: not measured ({self.not_measured})"
         pct, saved = self.saving_pct, self.saved_bytes
@@ -270,6 +311,8 @@ class Comparison:
     def expect_saving(self, pct: float, *, require_vram: bool = False) -> bool:
         """Whether a saving of at least `pct` percent was measured. Without a measurement
         the expectation cannot fail unless VRAM is required (`verify --require-vram`)."""
+        if self.fixes_oom:
+            return True
         if not self.measured:
             return not require_vram
         saving = self.saving_pct
@@ -282,7 +325,11 @@ class Comparison:
         out: list[str] = []
         if require_vram and not self.measured:
             out.append(f"{self.verdict} and --require-vram was given")
-        if expect_saving is not None and self.measured and not self.expect_saving(expect_saving):
+        if (
+            expect_saving is not None
+            and (self.measured or self.fixes_oom)
+            and not self.expect_saving(expect_saving)
+        ):
             out.append(
                 f"expected a saving of at least {expect_saving:g}%, measured "
                 f"{self.saving_pct:.1f}% ({self.verdict})"
@@ -320,6 +367,9 @@ class Comparison:
             "saving_pct": self.saving_pct,
             "time_change_pct": self.time_change_pct,
             "same_output": self.same_output,
+            "before_outcome": self.before_outcome,
+            "after_outcome": self.after_outcome,
+            "fixes_oom": self.fixes_oom,
             "verdict": self.verdict,
         }
 
@@ -347,6 +397,10 @@ def compare(
         basis=basis if reason is None else None,
         time_basis=next((k for k in TIME_BASIS if by_key[k].comparable), None),
         same_output=_same_output(b, a),
+        before_outcome=b.outcome,
+        after_outcome=a.outcome,
+        before_oom=b.oom_words() if b.out_of_memory else None,
+        after_peak=f"{a.peak}" if a.vram_measured and a.peak.value is not None else "n/a",
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from qpatch.comfy_api import ComfyAPI
 from qpatch.errors import CheckFailed
-from qpatch.vram.figures import NO_GPU, Figure, Measurement
+from qpatch.vram.figures import NO_GPU, OUT_OF_MEMORY, Figure, Measurement
 from qpatch.vram.sources import (
     NVML_INTERVAL_S,
     STATS_INTERVAL_S,
@@ -69,6 +69,28 @@ def node_report(texts: Iterable[str]) -> dict[str, Any] | None:
         if isinstance(obj, dict) and any(k in obj for k in NODE_KEYS):
             return obj
     return None
+
+
+def checked_node_report(
+    node: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The node's report with every contract key that is not a number (or null) dropped,
+    and a note for each: a node's typo must never crash a measurement or fake a figure.
+    Keys outside the contract are the node's own business and stay as they are."""
+    if node is None:
+        return None, []
+    kept, notes = dict(node), []
+    for key in NODE_KEYS:
+        value = kept.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            notes.append(f"the node's {key} is not a number ({value!r}): ignored")
+            del kept[key]
+        elif key != "output_checksum" and value < 0:
+            notes.append(f"the node's {key} is negative ({value!r}): ignored")
+            del kept[key]
+    return kept, notes
 
 
 @dataclass
@@ -135,13 +157,16 @@ def measure_workflow(
     use_nvml: bool = True,
     seed: int | None = None,
     workflow: str | None = None,
+    allow_oom: bool = False,
 ) -> Measurement:
     """Run `prompt` once for real and measure it.
 
     ComfyUI's cache is defeated twice over: POST /free first (drops cached outputs and
     node instances), and every literal `seed`/`noise_seed` input is set to `seed` (a fresh
     random one when None). Pass the same `seed` to a baseline and a later run to compare
-    their outputs (`Comparison.same_output`). Raises CheckFailed when the run fails."""
+    their outputs (`Comparison.same_output`). Raises CheckFailed when the run fails —
+    unless it ran out of GPU memory and `allow_oom`: that is the case users come with, so
+    the run is a result (outcome "out-of-memory", with the peak it reached)."""
     seed = random.randrange(2**31) if seed is None else seed
     prompt, seed_inputs = vary_seed(prompt, seed)
     stats = api.system_stats()
@@ -157,23 +182,50 @@ def measure_workflow(
             peaks = sampler.peaks()
     finally:
         chosen.close()
-    _raise_if_failed(run)
+    failure = run_failure(run)
+    if failure is not None and not (allow_oom and failure.out_of_memory):
+        raise CheckFailed(f"the workflow failed while being measured ({failure})")
     m = _measurement(run, peaks, chosen, interval)
+    if failure is not None:
+        m = replace(m, outcome=OUT_OF_MEMORY, error=failure.message)
     return replace(m, workflow=workflow, seed=seed, seed_inputs=seed_inputs, freed=freed)
 
 
-def _raise_if_failed(run: WorkflowRun) -> None:
+@dataclass(frozen=True)
+class RunFailure:
+    """Why ComfyUI says a run failed: the node and its exception, as /history carries them."""
+
+    node_type: str
+    exception_type: str
+    message: str
+
+    @property
+    def out_of_memory(self) -> bool:
+        """torch's own OutOfMemoryError, or its message where a node re-raised it."""
+        return "OutOfMemoryError" in self.exception_type or any(
+            marker in self.message for marker in OOM_MARKERS
+        )
+
+    def __str__(self) -> str:
+        return f"{self.node_type}: {self.message.strip()}"
+
+
+#: What torch's allocators say when the device is full (CUDA, and the same words on ROCm).
+OOM_MARKERS = ("CUDA out of memory", "HIP out of memory", "out of memory on device")
+
+
+def run_failure(run: WorkflowRun) -> RunFailure | None:
     if run.status == "success":
-        return
-    detail = next(
-        (
-            f"{m[1].get('node_type', '?')}: {m[1].get('exception_message', '').strip()}"
-            for m in run.messages
-            if isinstance(m, list) and len(m) == 2 and m[0] == "execution_error"
-        ),
-        "see ComfyUI's log",
-    )
-    raise CheckFailed(f"the workflow failed while being measured ({detail})")
+        return None
+    for m in run.messages:
+        if isinstance(m, list) and len(m) == 2 and m[0] == "execution_error":
+            e = m[1] if isinstance(m[1], dict) else {}
+            return RunFailure(
+                str(e.get("node_type", "?")),
+                str(e.get("exception_type", "")),
+                str(e.get("exception_message", "")),
+            )
+    return RunFailure("?", "", "see ComfyUI's log")
 
 
 def _measurement(
@@ -186,6 +238,8 @@ def _measurement(
     notes = list(chosen.notes)
     if peaks and peaks.errors:
         notes.append(f"{peaks.errors} readings failed, last: {peaks.last_error}")
+    node, node_notes = checked_node_report(node)
+    notes += node_notes
     node_peak = (node or {}).get("peak_allocated_bytes")
     node_step = (node or {}).get("step_time_s")
     return Measurement(

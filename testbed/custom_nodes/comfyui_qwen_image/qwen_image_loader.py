@@ -15,6 +15,12 @@ Like some community nodes it turns autograd back on inside ComfyUI's inference m
 (``autograd`` input, default on): that is the case where activations pile up and where
 wrapping the model call in ``torch.utils.checkpoint`` saves memory. With ``autograd`` off
 it runs as plain inference and checkpointing can save nothing.
+
+On a GPU a large enough workflow really runs out of memory. To reach the same path on a
+CPU, the optional ``memory_budget_mb`` input caps what autograd may keep for a backward
+pass (counted by a saved-tensors hook around each model call, so checkpointing, which
+keeps only its inputs, stays under it): past the cap the node raises torch's own
+``OutOfMemoryError``, its message naming the budget, as a GPU would raise it.
 """
 
 from __future__ import annotations
@@ -83,6 +89,30 @@ def autograd_mode(enabled: bool) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def kept_for_backward(budget_mb: int) -> Iterator[None]:
+    """Count the bytes autograd saves for a backward pass in this block; raise torch's
+    OutOfMemoryError past `budget_mb` (0: no budget, and no hook at all)."""
+    if budget_mb <= 0:
+        yield
+        return
+    kept = [0]
+    budget = budget_mb * 1024 * 1024
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept[0] += t.numel() * t.element_size()
+        if kept[0] > budget:
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate {t.numel() * t.element_size()} bytes "
+                f"(the stand-in's memory_budget_mb={budget_mb}: autograd kept "
+                f"{kept[0] / 2**20:.1f} MiB for a backward pass)"
+            )
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
 class QwenImageLoader:
     """Loads the Qwen-Image DiT and runs `steps` denoising steps on seeded inputs."""
 
@@ -107,7 +137,10 @@ class QwenImageLoader:
                 "dtype": (list(DTYPES), {"default": "fp32"}),
                 "autograd": ("BOOLEAN", {"default": True}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
-            }
+            },
+            "optional": {
+                "memory_budget_mb": ("INT", {"default": 0, "min": 0, "max": 1 << 30}),
+            },
         }
 
     def __init__(self) -> None:
@@ -142,6 +175,7 @@ class QwenImageLoader:
         dtype: str,
         autograd: bool,
         seed: int,
+        memory_budget_mb: int = 0,
     ) -> dict[str, Any]:
         """Load, run `steps` steps, and report to /history: peak memory covers the weights
         plus one step (outputs are dropped between steps), the checksum lets a patched run
@@ -175,7 +209,8 @@ class QwenImageLoader:
             for i in range(steps):
                 timestep = torch.full((batch,), 1.0 - i / steps, device=self.device)
                 started = time.perf_counter()
-                output = self.model(input_ids, pixel_values, timestep)
+                with kept_for_backward(memory_budget_mb):
+                    output = self.model(input_ids, pixel_values, timestep)
                 if cuda:
                     torch.cuda.synchronize(self.device)
                 step_times.append(time.perf_counter() - started)
