@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from qpatch import __version__
+from qpatch.cli_types import Percent, Seconds, TargetRef
 from qpatch.errors import DEBUG_ENV, INTERNAL_ERROR, QpatchError, internal_error_message
 from qpatch.output import Console
 from qpatch.result import UNSET, Result
@@ -53,7 +54,7 @@ def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> N
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 TIMEOUT = click.option(
     "--timeout",
-    type=float,
+    type=Seconds(),
     default=180.0,
     show_default=True,
     help="Seconds to wait for ComfyUI to answer after the restart.",
@@ -77,7 +78,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("target")
+@click.argument("target", type=TargetRef())
 @click.option(
     "--patch",
     "patch",
@@ -126,13 +127,13 @@ def apply(**kwargs: Any) -> None:
 
 
 @cli.command()
-@click.argument("target", required=False)
+@click.argument("target", required=False, type=TargetRef())
 @click.option(
     "--workflow", type=click.Path(dir_okay=False), help="API-format workflow to run and measure."
 )
 @click.option(
     "--expect-saving",
-    type=float,
+    type=Percent(),
     metavar="PCT",
     help="Exit 3 unless the measured peak VRAM saving against the baseline is at least PCT%.",
 )
@@ -160,7 +161,7 @@ def verify(**kwargs: Any) -> None:
 
 
 @cli.command()
-@click.argument("target")
+@click.argument("target", type=TargetRef())
 @click.option(
     "--workflow",
     required=True,
@@ -196,7 +197,7 @@ def measure(**kwargs: Any) -> None:
 
 
 @cli.command()
-@click.argument("target", required=False)
+@click.argument("target", required=False, type=TargetRef())
 @click.option("--no-restart", is_flag=True, help="Restore the files but do not restart.")
 @click.option(
     "--force", is_flag=True, help="Roll back even over files changed since apply (a copy is kept)."
@@ -218,7 +219,7 @@ def rollback(**kwargs: Any) -> None:
 
 
 @cli.command()
-@click.argument("target", required=False)
+@click.argument("target", required=False, type=TargetRef())
 @JSON
 def status(**kwargs: Any) -> None:
     """Show what qpatch applied to TARGET, and its history."""
