@@ -52,8 +52,13 @@ WORKFLOWS = REPO / "examples" / "workflows"
 
 ON_CPU = os.environ.get("QPATCH_GPU_TESTS_ON_CPU") == "1"
 #: What each test runs: the node with autograd on (where checkpointing saves) and off.
-GPU_WORKFLOWS = {"grad_on": "qwen_image_h100.json", "inference": "qwen_image_h100_inference.json"}
+GPU_WORKFLOWS = {
+    "grad_on": "qwen_image_h100.json",
+    "inference": "qwen_image_h100_inference.json",
+    "oom": "qwen_image_h200_oom.json",  # more than the device holds unless checkpointed
+}
 CPU_WORKFLOW = "qwen_image_standin.json"
+CPU_OOM_WORKFLOW = "qwen_image_standin_oom.json"  # the node's autograd budget stands for VRAM
 
 HEALTHY_TIMEOUT_S = 300.0  # a cold machine imports torch and CUDA from disk the first time
 WEIGHTS_TIMEOUT_S = 300.0
@@ -268,7 +273,7 @@ def cpu_workflows(folder: Path) -> dict[str, Path]:
             node["inputs"]["autograd"] = False
     path = folder / "qwen_image_standin_inference.json"
     write_text(path, json.dumps(inference, indent=2) + "\n")
-    return {"grad_on": grad_on, "inference": path}
+    return {"grad_on": grad_on, "inference": path, "oom": WORKFLOWS / CPU_OOM_WORKFLOW}
 
 
 def free_port() -> int:

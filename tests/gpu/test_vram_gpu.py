@@ -8,7 +8,9 @@ checkpoint 9.2 GiB, equal to inference_mode (the floor); step time within ±4%. 
 a. grad-on node: the patch at least halves the peak of ComfyUI's processes (NVML), and the
    output stays the same;
 b. inference-mode node: no significant change (±5%), since there are no activations to drop;
-c. the patched grad-on node sits on the inference-mode floor: peak ≤ 1.02×, step ≤ 1.03×.
+c. the patched grad-on node sits on the inference-mode floor: peak ≤ 1.02×, step ≤ 1.03×;
+d. a workflow that needs more than the device has runs out of memory unpatched, and that
+   baseline is a result: the patched run completes, and verify --expect-saving counts it.
 
 The tests run in this order on one server (tests/gpu/conftest.py); c compares what a and b
 measured. Each apply/verify/rollback prints its tables as it runs (`pytest -s`).
@@ -151,3 +153,19 @@ def test_patched_grad_on_node_reaches_inference_floor(bed: ComfyBed) -> None:
     assert ratio(floor_cmp, "target_peak") <= 1.02, c.verdict
     assert ratio(floor_cmp, "node_peak_allocated") <= 1.02, c.verdict
     assert ratio(floor_cmp, "node_step_time") <= 1.03, c.verdict
+
+
+def test_out_of_memory_unpatched_completes_patched(bed: ComfyBed) -> None:
+    runs = round_trip(bed, "oom", verify_exit=0)
+    comparison = runs["apply"].result["comparison"]
+    assert comparison["before_outcome"] == "out-of-memory", comparison["verdict"]
+    assert comparison["after_outcome"] == "completed", comparison["verdict"]
+    assert comparison["fixes_oom"] is True
+    assert comparison["verdict"].startswith("before: out of memory"), comparison["verdict"]
+    vram_check = next(c for c in runs["verify"].result["checks"] if c["check"] == "vram")
+    assert vram_check["ok"], vram_check
+    if bed.on_cpu:
+        return
+    after = runs["apply"].result["measurements"]["after"]
+    total = after["device_total"]["value"]
+    assert after["target_peak"]["value"] < 0.25 * total, comparison["verdict"]
