@@ -20,7 +20,7 @@ from qpatch.context import Context
 from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError
 from qpatch.ledger import FileRecord, Ledger, State, sha256
 from qpatch.plan import FileEdit, Plan
-from qpatch.steps import current_sha
+from qpatch.steps import current_sha, finish_restart
 from qpatch.textdiff import unified_diff
 
 
@@ -51,6 +51,9 @@ def measure(
 def recover_interrupted(ctx: Context) -> None:
     """A ledger left open by a killed run: finish its undo before anything else."""
     ledger = ctx.store.load()
+    if ledger is not None and not ledger.is_open and ledger.restart_pending:
+        finish_restart(ctx, ledger)  # the files are as the closed ledger says: just the server
+        return
     if ledger is None or not ledger.is_open:
         return
     ctx.out.warn(
@@ -114,6 +117,7 @@ def apply(
             if baseline is not None:  # a workflow that fails patched is a failed apply
                 _measure_after(ctx, workflow, baseline, ledger)
         event = "applied" + ("" if restart else " (not restarted)")
+        ledger.restart_pending = False  # healthy after the restart, or none was made
         ctx.store.advance(ledger, State.APPLIED, event)
     except (Exception, KeyboardInterrupt) as e:
         restarted = restart and ledger.state in (State.RESTARTING, State.APPLIED)

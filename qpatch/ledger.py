@@ -115,6 +115,10 @@ class Ledger:
     history: list[dict[str, Any]] = field(default_factory=list)
     updated: float = field(default_factory=time.time)
     recreate: Recreated | None = None
+    #: qpatch stopped ComfyUI to restart it and has not seen it healthy since: whatever the
+    #: state, the next command starts it again before anything else (a kill mid-restart
+    #: must not leave the server down while a later command reports success)
+    restart_pending: bool = False
 
     def __post_init__(self) -> None:
         self.state = State(self.state)  # "applied" from older callers and JSON alike

@@ -5,18 +5,20 @@ the command one Context, and clean up what it made if it wrote nothing."""
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from qpatch.context import Context
 from qpatch.discovery import discover
 from qpatch.engine import recover_interrupted
-from qpatch.errors import BadInput
+from qpatch.errors import BadInput, NotRestored
 from qpatch.ledger import LedgerStore, last_target
 from qpatch.lock import target_lock
 from qpatch.output import Console
 from qpatch.result import Result
 from qpatch.targets import open_target
+from qpatch.targets.base import Target
 
 
 @contextmanager
@@ -38,12 +40,19 @@ def session(
         if ref is None:
             raise BadInput("no TARGET given, and nothing was applied from this host yet")
         out.line(f"target: {ref} (the last one applied from this host)")
-    target = open_target(
-        ref,
-        require_running=require_running,
-        start_script=start_script,
-        restart_cmd=shlex.split(restart_cmd) if restart_cmd else None,
-    )
+    def opened(must_run: bool) -> Target:
+        return open_target(
+            ref,
+            require_running=must_run,
+            start_script=start_script,
+            restart_cmd=shlex.split(restart_cmd) if restart_cmd else None,
+        )
+
+    target = opened(require_running and not exclusive)
+    if exclusive and not target.state().running:
+        _start_if_qpatch_stopped_it(target, out, comfyui_root, timeout)
+        if require_running:
+            target = opened(True)  # still down: the target's own "not running" error
     layout = discover(target, root=comfyui_root, start_script=start_script)
     if layout.start_script:
         target.start_script = layout.start_script  # a local server restarts through it
@@ -64,3 +73,27 @@ def session(
     finally:
         if created and not target.exists(store.path("ledger.json")):
             store.remove_empty()  # refused before any write: leave no trace either
+
+
+def _start_if_qpatch_stopped_it(
+    target: Target, out: Console, comfyui_root: str | None, timeout: float
+) -> None:
+    """A restart qpatch began and did not finish (killed after stopping ComfyUI) left the
+    target down: the ledger says so, and it is qpatch's to start again, before recovery."""
+    layout = discover(target, root=comfyui_root)  # a stopped target: the root is enough
+    ledger = LedgerStore.locate(target, layout.root).load()
+    if ledger is None or not (ledger.is_open or ledger.restart_pending):
+        return
+    out.warn(
+        f"{target.description} is down because an earlier qpatch run stopped it to restart "
+        f"(ledger state {str(ledger.state)!r}): starting it again"
+    )
+    target.start()
+    deadline = time.monotonic() + min(timeout, 60.0)
+    while not target.state().running:
+        if time.monotonic() > deadline:
+            raise NotRestored(
+                f"{target.description} did not start again ({target.state().detail}); start "
+                "it by hand, then run the same qpatch command again"
+            )
+        time.sleep(0.5)

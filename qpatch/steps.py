@@ -12,10 +12,33 @@ from qpatch.ledger import Ledger, sha256
 from qpatch.targets.base import Target
 
 
-def restart_and_wait(ctx: Context, why: str) -> dict[str, Any]:
+def restart_and_wait(
+    ctx: Context, why: str, ledger: Ledger, *, save_after: bool = True
+) -> dict[str, Any]:
+    """Restart and health-gate, with the ledger saying so meanwhile (restart_pending): a
+    restart qpatch began is qpatch's to finish, even after a kill. A caller that saves the
+    ledger right after (apply's `applied`) passes save_after=False; one that set the flag
+    in the save before saves nothing extra up front."""
+    if not ledger.restart_pending:
+        ledger.restart_pending = True
+        ctx.store.save(ledger)
     ctx.out.step(f"restarting ComfyUI ({why})")
     ctx.target.restart()
-    return health.wait_healthy_shown(ctx.api, ctx.out, timeout=ctx.timeout)
+    stats = health.wait_healthy_shown(ctx.api, ctx.out, timeout=ctx.timeout)
+    ledger.restart_pending = False
+    if save_after:
+        ctx.store.save(ledger)
+    return stats
+
+
+def finish_restart(ctx: Context, ledger: Ledger) -> None:
+    """A restart an interrupted command began: ComfyUI must answer before anything else."""
+    if not ctx.target.state().running:
+        ctx.out.step("starting ComfyUI again (an interrupted qpatch run had stopped it)")
+        ctx.target.start()
+    health.wait_healthy_shown(ctx.api, ctx.out, timeout=ctx.timeout)
+    ledger.restart_pending = False
+    ctx.store.save(ledger)
 
 
 def wait_healthy(ctx: Context, where: str = "") -> dict[str, Any]:

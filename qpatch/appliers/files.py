@@ -29,8 +29,9 @@ class FilesApplier:
         ctx.store.advance(ledger, State.WRITTEN)
         if not restart:
             return None
+        ledger.restart_pending = True
         ctx.store.advance(ledger, State.RESTARTING)
-        return restart_and_wait(ctx, "to load the patch")
+        return restart_and_wait(ctx, "to load the patch", ledger, save_after=False)
 
     def undo(
         self, ctx: Context, ledger: Ledger, cause: BaseException, *, restarted: bool
@@ -39,9 +40,10 @@ class FilesApplier:
         logs = ctx.target.logs(20)
         try:
             restore_files(ctx, ledger)
+            ledger.restart_pending = restarted or not ctx.target.state().running
             ctx.store.advance(ledger, State.RESTORED, f"apply failed and was undone: {cause}")
-            if restarted or not ctx.target.state().running:
-                restart_and_wait(ctx, "with the originals")
+            if ledger.restart_pending:
+                restart_and_wait(ctx, "with the originals", ledger)
         except Exception as e:
             return NotRestored(
                 f"could not restore after: {cause}\n  restore failed: {e}\n"
@@ -56,9 +58,10 @@ class FilesApplier:
     def recover(self, ctx: Context, ledger: Ledger) -> str:
         restore_files(ctx, ledger)
         was_restarting = ledger.state == State.RESTARTING
+        ledger.restart_pending = was_restarting or not ctx.target.state().running
         ctx.store.advance(ledger, State.RECOVERED, "interrupted run recovered: originals restored")
-        if was_restarting or not ctx.target.state().running:
-            restart_and_wait(ctx, "the interrupted run had restarted it")
+        if ledger.restart_pending:
+            restart_and_wait(ctx, "the interrupted run had restarted it", ledger)
         return "recovered: every file is back as it was before the interrupted run"
 
     def rollback(self, ctx: Context, ledger: Ledger, *, restart: bool, forced: bool) -> str:
@@ -67,10 +70,11 @@ class FilesApplier:
         except QpatchError as e:
             raise NotRestored(f"rollback failed: {e}\n" + self.manual_steps(ctx, ledger)) from e
         event = "rolled back" + (" (forced over drift)" if forced else "")
+        ledger.restart_pending = restart
         ctx.store.advance(ledger, State.ROLLED_BACK, event)
         if restart:
             try:
-                restart_and_wait(ctx, "to unload the patch")
+                restart_and_wait(ctx, "to unload the patch", ledger)
             except CheckFailed as e:
                 raise CheckFailed(f"files restored, but ComfyUI is not healthy: {e}") from e
         return f"rolled back {ledger.patch}: every file is byte-exact as before"

@@ -147,6 +147,8 @@ class MemoryTarget:
 
     # what happened, for the assertions
     writes: list[Write] = field(default_factory=list)
+    #: the states the ledger went through, in order (a state saved again counts once:
+    #: a save that only notes restart_pending is no transition)
     ledger_states: list[str] = field(default_factory=list)
     execs: list[tuple[str, ...]] = field(default_factory=list)
     restart_calls: int = 0
@@ -206,7 +208,9 @@ class MemoryTarget:
         self.files[path] = (data, FileStat(stat.mode, stat.uid, stat.gid, len(data)))
         self.writes.append(Write(path, sha256(data), stat))
         if path.endswith("/ledger.json"):
-            self.ledger_states.append(json.loads(data)["state"])
+            state = json.loads(data)["state"]
+            if not self.ledger_states or self.ledger_states[-1] != state:
+                self.ledger_states.append(state)
 
     def exists(self, path: str) -> bool:
         path = self._norm(path)
