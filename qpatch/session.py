@@ -71,8 +71,11 @@ def session(
                 recover_interrupted(ctx)
             yield ctx
     finally:
-        if created and not target.exists(store.path("ledger.json")):
-            store.remove_empty()  # refused before any write: leave no trace either
+        try:
+            if created and not target.exists(store.path("ledger.json")):
+                store.remove_empty()  # refused before any write: leave no trace either
+        except Exception as e:  # noqa: BLE001 - never replace the command's own outcome
+            out.warn(f"could not remove the empty ledger folder {store.folder}: {e}")
 
 
 def _start_if_qpatch_stopped_it(
