@@ -41,6 +41,18 @@ def qpatch(
     )
 
 
+def bad_tls_patch(folder: Path) -> Path:
+    """A patch whose flags stop ComfyUI at start (TLS files that do not exist): the way
+    to make a restart fail for real."""
+    patch = folder / "bad-tls.yaml"
+    patch.write_text(
+        "name: bad-tls\ndescription: TLS files that do not exist stop ComfyUI at start\n"
+        "version: 1\nsteps:\n  - startup:\n      flags:\n"
+        "        - --tls-keyfile=/nonexistent.key\n        - --tls-certfile=/nonexistent.crt\n"
+    )
+    return patch
+
+
 def spawn_apply(name: str) -> subprocess.Popen[str]:
     """`qpatch apply NAME` in the background, for faults injected while it runs."""
     return subprocess.Popen(
@@ -110,12 +122,7 @@ def test_round_trip_is_byte_exact_and_a_second_apply_changes_nothing(
 def test_a_flag_that_stops_the_server_is_rolled_back_automatically(
     comfy_container: Container, tmp_path: Path
 ) -> None:
-    patch = tmp_path / "bad-tls.yaml"
-    patch.write_text(
-        "name: bad-tls\ndescription: TLS files that do not exist stop ComfyUI at start\n"
-        "version: 1\nsteps:\n  - startup:\n      flags:\n"
-        "        - --tls-keyfile=/nonexistent.key\n        - --tls-certfile=/nonexistent.crt\n"
-    )
+    patch = bad_tls_patch(tmp_path)
     before = hashes(comfy_container)
     r = qpatch("apply", comfy_container.name, "--patch", str(patch), "--timeout", "60")
     assert r.returncode == 1, r.stderr

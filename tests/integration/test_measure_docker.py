@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from docker.models.containers import Container
 
-from tests.integration.test_engine_docker import hashes, healthy, qpatch
+from tests.integration.test_engine_docker import bad_tls_patch, hashes, healthy, qpatch
 
 pytestmark = pytest.mark.docker
 
@@ -126,12 +126,7 @@ def test_another_baseline_failure_still_refuses_and_says_each_file_is_unchanged(
 def test_a_failed_apply_says_each_file_was_restored(
     comfy_container: Container, tmp_path: Path
 ) -> None:
-    patch = tmp_path / "bad-tls.yaml"
-    patch.write_text(
-        "name: bad-tls\ndescription: TLS files that do not exist stop ComfyUI at start\n"
-        "version: 1\nsteps:\n  - startup:\n      flags:\n"
-        "        - --tls-keyfile=/nonexistent.key\n        - --tls-certfile=/nonexistent.crt\n"
-    )
+    patch = bad_tls_patch(tmp_path)
     before = hashes(comfy_container)
     code, result, err = run_json(
         "apply", comfy_container.name, "--patch", str(patch), "--timeout", "60"

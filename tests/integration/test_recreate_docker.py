@@ -19,7 +19,7 @@ from qpatch.appliers.container import BACKUP_SUFFIX, IMAGE_REPO, NEW_SUFFIX
 from qpatch.comfy_api import ComfyAPI
 from qpatch.targets.docker import DockerTarget
 from tests.conftest import TESTBED_PYTHON, StartContainer
-from tests.integration.test_engine_docker import NODE, healthy, qpatch
+from tests.integration.test_engine_docker import NODE, bad_tls_patch, healthy, qpatch
 
 pytestmark = pytest.mark.docker
 
@@ -186,12 +186,7 @@ def test_a_recreate_that_stops_the_server_brings_the_original_back(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    patch = tmp_path / "bad-tls.yaml"
-    patch.write_text(
-        "name: bad-tls\ndescription: TLS files that do not exist stop ComfyUI at start\n"
-        "version: 1\nsteps:\n  - startup:\n      flags:\n"
-        "        - --tls-keyfile=/nonexistent.key\n        - --tls-certfile=/nonexistent.crt\n"
-    )
+    patch = bad_tls_patch(tmp_path)
     c = no_script(EXEC_FORM)
     before = hashes(c)
     r = qpatch("apply", c.name, "--recreate", "--patch", str(patch), "--timeout", "60")
