@@ -3,6 +3,7 @@ into a message and an exit status in one place (docs/design.md, "Commands, exit 
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -48,6 +49,7 @@ def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> N
     if result.findings is UNSET:
         result.findings = []
     out.result(result.to_json())
+    gc.freeze()  # the interpreter's last collection over libcst's objects costs 60 ms
     sys.exit(code)
 
 
@@ -96,7 +98,11 @@ def cli() -> None:
 )
 @TIMEOUT
 @click.option("--comfyui-root", help="ComfyUI root inside the target (default: discovered).")
-@click.option("--start-script", help="Start script inside the target (default: discovered).")
+@click.option(
+    "--start-script",
+    help="Start script inside the target, a relative path read from the ComfyUI root "
+    "(default: discovered).",
+)
 @click.option(
     "--restart-cmd",
     help="local: targets: command that restarts ComfyUI "

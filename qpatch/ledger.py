@@ -18,6 +18,7 @@ import json
 import os
 import posixpath
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -160,8 +161,15 @@ class LedgerStore:
         self.mirror = host_state_dir() / target.key
 
     @classmethod
-    def locate(cls, target: Target, comfyui_root: str | None) -> LedgerStore:
+    def locate(
+        cls,
+        target: Target,
+        comfyui_root: str | None,
+        writable: Mapping[str, bool] | None = None,
+    ) -> LedgerStore:
         """/var/lib/qpatch/<key>, or beside ComfyUI when that cannot be written.
+        `writable`: what discovery's probe already learnt of the candidates (one exec
+        fewer); a folder it says nothing of is asked.
 
         Creates nothing: a dry run must leave the target as it was."""
         candidates = [posixpath.join(LEDGER_ROOT, target.key)]
@@ -171,7 +179,8 @@ class LedgerStore:
             if target.exists(posixpath.join(folder, "ledger.json")):
                 return cls(target, folder)
         for folder in candidates:
-            if _writable(target, folder):
+            known = (writable or {}).get(folder)
+            if known if known is not None else _writable(target, folder):
                 return cls(target, folder)
         if not target.state().running:  # a stopped container: no exec; the mirror answers
             return cls(target, candidates[0])

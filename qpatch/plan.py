@@ -1,14 +1,22 @@
 """Plan: read the target's files and compute every byte qpatch would write, before
 writing any. Reading and asking (main.py --help, the GPU's capability) happen here; the
-edits themselves are the pure codemods and start-script editor."""
+edits themselves are the pure codemods and start-script editor.
+
+The reading and asking a plan needs are started in threads as it begins (`_Ahead`), so
+their round trips overlap the codemods' CPU time; each answer (or error) is taken where the
+plan uses it, in the order it always had, so the plan and its errors stay the same."""
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
+import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from qpatch import comfy_flags, container_command, envcheck, startup
-from qpatch.codemods import run_codemod
 from qpatch.container_command import ContainerChange
 from qpatch.discovery import Layout
 from qpatch.errors import BadInput
@@ -93,6 +101,9 @@ def _python_for_compile(target: Target) -> str:
 
 def make_plan(target: Target, layout: Layout, patch: Patch, *, recreate: bool = False) -> Plan:
     """`recreate`: a container with no start script may get a new Env and command."""
+    from qpatch.codemods import run_codemod  # libcst: for the commands that make a plan
+
+    ahead = _start_reading(target, layout, patch)
     report = Report()
     contents: dict[str, tuple[bytes, FileStat]] = {}  # path -> (current planned bytes, stat)
     originals: dict[str, bytes] = {}
@@ -103,14 +114,14 @@ def make_plan(target: Target, layout: Layout, patch: Patch, *, recreate: bool = 
         if isinstance(step, CodemodStep):
             for path in _expand(target, layout.root, step.file):
                 if path not in contents:
-                    contents[path] = target.read_file(path)
+                    contents[path] = ahead.read_file(path)
                     originals[path] = contents[path][0]
                 data, stat = contents[path]
                 new, rep = run_codemod(step.codemod, data, path=path, options=step.options)
                 contents[path] = (new, stat)
                 _merge(report, rep, f"{posixpath.basename(path)}")
         elif isinstance(step, StartupStep) and layout.start_script is None:
-            container, rep, env, flags = _plan_container(target, layout, patch.name, step)
+            container, rep, env, flags = _plan_container(target, layout, patch.name, step, ahead)
             _merge(report, rep, "container")
             if container.changed and not recreate:
                 raise BadInput(
@@ -121,14 +132,108 @@ def make_plan(target: Target, layout: Layout, patch: Patch, *, recreate: bool = 
                     "is kept, stopped, for rollback), or --start-script",
                 )
         elif isinstance(step, StartupStep):
-            path, new, rep, env, flags = _plan_startup(target, layout, patch.name, step)
-            if path not in contents:
-                contents[path] = target.read_file(path)
-                originals[path] = contents[path][0]
+            path, data, stat, new, rep, env, flags = _plan_startup(
+                target, layout, patch.name, step, ahead
+            )
+            if path not in contents:  # the bytes the start script was planned from
+                contents[path] = (data, stat)
+                originals[path] = data
             contents[path] = (new, contents[path][1])
             _merge(report, rep, posixpath.basename(path))
     edits = [FileEdit(p, originals[p], data, stat) for p, (data, stat) in contents.items()]
     return Plan(patch.name, edits, report, env, flags, container)
+
+
+class _Ahead:
+    """Read-only target calls started before the plan reaches them, each in a thread of
+    its own (a daemon: a plan that fails first does not wait for them). `take(key, call)`
+    returns what the started call returned, or raises what it raised, where the plan makes
+    that call; a call not started is made there and then."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._started: dict[Hashable, _Call] = {}
+
+    def start(self, key: Hashable, call: Callable[[], Any], *, after: _Call | None = None) -> _Call:
+        """`after`: begin once that call is done (Docker serves one archive read of a
+        container at a time: the file the plan needs first must not queue behind another)."""
+        if key not in self._started:
+            self._started[key] = _Call(call, after)
+        return self._started[key]
+
+    def take(self, key: Hashable, call: Callable[[], Any]) -> Any:
+        started = self._started.pop(key, None)
+        return started.result() if started else call()
+
+    def read_file(self, path: str) -> tuple[bytes, FileStat]:
+        return self.take(("read", path), partial(self.target.read_file, path))
+
+
+class _Call:
+    def __init__(self, call: Callable[[], Any], after: _Call | None = None) -> None:
+        self._call = call
+        self._after = after
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        if self._after is not None:
+            self._after.wait()
+        try:
+            self._value = self._call()
+        except BaseException as e:  # handed to the plan, which raises it where it would have
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _start_reading(target: Target, layout: Layout, patch: Patch) -> _Ahead:
+    """Start what make_plan will read and ask: the codemods' files (those named without a
+    glob) one after the other, then the start script and its `main.py --help`; and the
+    GPU's capability. Only where the patch asks for them, as make_plan would."""
+    ahead = _Ahead(target)
+    reads: _Call | None = None
+    for step in patch.steps:
+        if isinstance(step, CodemodStep) and not _is_glob(step.file):
+            path = posixpath.join(layout.root, step.file)
+            reads = ahead.start(("read", path), partial(target.read_file, path), after=reads)
+    if not any(isinstance(step, StartupStep) for step in patch.steps):
+        return ahead
+    ahead.start(("gpu",), partial(gpu_capability, target))
+    script = layout.start_script
+    if script is not None:
+
+        def read_script_then_help() -> tuple[bytes, FileStat]:
+            read = target.read_file(script)
+            with contextlib.suppress(Exception):  # make_plan parses it again, and raises there
+                if launches := startup.find_launches(read[0]):
+                    _start_help(ahead, target, layout, launches[0])
+            return read
+
+        ahead.start(("read", script), read_script_then_help, after=reads)
+        return ahead
+    config = target.container_config()
+    try:
+        launch = container_command.find_launch(config.command) if config else None
+    except Exception:  # make_plan meets it again, and raises it where it always did
+        launch = None
+    if launch is not None:
+        _start_help(ahead, target, layout, launch)
+    return ahead
+
+
+def _start_help(ahead: _Ahead, target: Target, layout: Layout, launch: startup.Launch) -> None:
+    argv = _help_argv(layout, launch)
+    ahead.start(("help", *argv), partial(target.exec, argv, cwd=layout.root, timeout=60))
 
 
 def _merge(into: Report, rep: Report, where: str) -> None:
@@ -139,10 +244,14 @@ def _merge(into: Report, rep: Report, where: str) -> None:
     into.already_applied = into.already_applied or rep.already_applied
 
 
+def _is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
 def _expand(target: Target, root: str, pattern: str) -> list[str]:
     """A path or glob relative to the ComfyUI root, expanded inside the target."""
     full = posixpath.join(root, pattern)
-    if not any(ch in pattern for ch in "*?["):
+    if not _is_glob(pattern):
         if not target.exists(full):
             raise BadInput(f"{full}: no such file in {target.description} (the patch needs it)")
         return [full]
@@ -154,24 +263,25 @@ def _expand(target: Target, root: str, pattern: str) -> list[str]:
 
 
 def _plan_startup(
-    target: Target, layout: Layout, patch_name: str, step: StartupStep
-) -> tuple[str, bytes, Report, dict[str, str], list[str]]:
+    target: Target, layout: Layout, patch_name: str, step: StartupStep, ahead: _Ahead
+) -> tuple[str, bytes, bytes, FileStat, Report, dict[str, str], list[str]]:
+    """The start script's path, its bytes and stat as read, its new bytes, and the rest."""
     assert layout.start_script is not None
-    data, _ = target.read_file(layout.start_script)
+    data, stat = ahead.read_file(layout.start_script)
     launches = startup.find_launches(data)
     if not launches:
         raise BadInput(f"{layout.start_script}: no ComfyUI launch command found")
     existing = [f for launch in launches for f in launch.flags]
-    flag_edits, env, report = _flags_and_env(target, layout, step, launches[0], existing)
+    flag_edits, env, report = _flags_and_env(target, layout, step, launches[0], existing, ahead)
     new, edit_report = startup.edit_start_script(
         data, patch_name=patch_name, env=env, flags=flag_edits, path=layout.start_script
     )
     report.extend(edit_report)
-    return layout.start_script, new, report, env, [e.name for e in flag_edits]
+    return layout.start_script, data, stat, new, report, env, [e.name for e in flag_edits]
 
 
 def _plan_container(
-    target: Target, layout: Layout, patch_name: str, step: StartupStep
+    target: Target, layout: Layout, patch_name: str, step: StartupStep, ahead: _Ahead
 ) -> tuple[ContainerChange, Report, dict[str, str], list[str]]:
     """The Env and command of a container that launches main.py itself."""
     config = target.container_config()
@@ -181,7 +291,9 @@ def _plan_container(
             hint="name the script that starts ComfyUI with --start-script",
         )
     launch = container_command.find_launch(config.command)
-    flag_edits, env, report = _flags_and_env(target, layout, step, launch, list(launch.flags))
+    flag_edits, env, report = _flags_and_env(
+        target, layout, step, launch, list(launch.flags), ahead
+    )
     change = container_command.plan_change(
         entrypoint=config.entrypoint,
         cmd=config.cmd,
@@ -200,25 +312,31 @@ def _flags_and_env(
     step: StartupStep,
     launch: startup.Launch,
     existing: list[str],
+    ahead: _Ahead,
 ) -> tuple[list[startup.FlagEdit], dict[str, str], Report]:
     """The flag edits and the env to set, both checked against this very ComfyUI."""
     report = Report()
-    cli = _ask_comfyui(target, layout, launch)
+    cli = _ask_comfyui(target, layout, launch, ahead)
     flag_edits, flag_report = comfy_flags.plan_flags(cli, step.flags, existing)
     report.extend(flag_report)
     final_flags = existing + [e.name for e in flag_edits]
-    env, env_report = envcheck.check_env(
-        step.env, flags=final_flags, gpu_capability=gpu_capability(target)
-    )
+    capability = ahead.take(("gpu",), partial(gpu_capability, target))
+    env, env_report = envcheck.check_env(step.env, flags=final_flags, gpu_capability=capability)
     report.extend(env_report)
     return flag_edits, env, report
 
 
-def _ask_comfyui(target: Target, layout: Layout, launch: startup.Launch) -> comfy_flags.ComfyCli:
-    """The flags this very ComfyUI accepts: its own `main.py --help`, run in the target."""
+def _help_argv(layout: Layout, launch: startup.Launch) -> list[str]:
     interpreter = launch.interpreter if launch.interpreter.startswith("/") else layout.python
-    argv = launch.help_argv(interpreter)
-    r = target.exec(argv, cwd=layout.root, timeout=60)
+    return launch.help_argv(interpreter)
+
+
+def _ask_comfyui(
+    target: Target, layout: Layout, launch: startup.Launch, ahead: _Ahead
+) -> comfy_flags.ComfyCli:
+    """The flags this very ComfyUI accepts: its own `main.py --help`, run in the target."""
+    argv = _help_argv(layout, launch)
+    r = ahead.take(("help", *argv), partial(target.exec, argv, cwd=layout.root, timeout=60))
     if r.exit_code != 0 or "usage:" not in r.text:
         err = (r.stderr or r.stdout).decode("utf-8", "replace").strip()[-600:]
         raise BadInput(

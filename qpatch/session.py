@@ -40,6 +40,7 @@ def session(
         if ref is None:
             raise BadInput("no TARGET given, and nothing was applied from this host yet")
         out.line(f"target: {ref} (the last one applied from this host)")
+
     def opened(must_run: bool) -> Target:
         return open_target(
             ref,
@@ -56,7 +57,7 @@ def session(
     layout = discover(target, root=comfyui_root, start_script=start_script)
     if layout.start_script:
         target.start_script = layout.start_script  # a local server restarts through it
-    store = LedgerStore.locate(target, layout.root)
+    store = LedgerStore.locate(target, layout.root, layout.writable)
     ctx = Context(target, layout, store, out, timeout, result)
     result.target = target.ref
     lock: AbstractContextManager[None] = nullcontext()

@@ -11,6 +11,7 @@ from qpatch.errors import QpatchError
 from qpatch.targets.procs import Proc
 
 if TYPE_CHECKING:
+    from qpatch.probe import Probe, Questions
     from qpatch.targets.docker import DockerTarget
 
 
@@ -79,6 +80,10 @@ class Target(Protocol):
 
     def container_config(self) -> ContainerConfig | None:
         """The runtime's command and environment; None where no runtime keeps one."""
+
+    def probe(self, questions: Questions) -> Probe | None:
+        """Discovery's questions answered in one round trip (qpatch.probe), where the target
+        can; None: discovery asks each question itself."""
 
     def as_container(self) -> DockerTarget | None:
         """The Docker container behind this target, for the applier that swaps it; None

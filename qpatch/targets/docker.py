@@ -16,6 +16,7 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from qpatch.errors import BadInput, QpatchError
+from qpatch.probe import Probe, Questions, run_probe
 from qpatch.targets import procs, tarsafe
 from qpatch.targets.base import ContainerConfig, ExecResult, FileStat, TargetState
 
@@ -129,13 +130,15 @@ class DockerTarget:
             raise QpatchError(f"writing {folder}/{name}: {e.explanation or e}") from e
 
     def exists(self, path: str) -> bool:
-        """Through the archive API, so it also answers for a stopped container."""
+        """Through the archive API, so it also answers for a stopped container: its HEAD
+        form, which stats the path (as a GET would, a link itself) without packing it, 1 ms
+        instead of 40 (and no tar of a whole folder). The SDK has no call for it."""
+        api = self.container.client.api
+        url = api._url("/containers/{0}/archive", self.container.id)
         try:
-            stream, _ = self.container.get_archive(path)
+            api._raise_for_status(api.head(url, params={"path": path}, timeout=api.timeout))
         except docker.errors.NotFound:
             return False
-        for _chunk in stream:  # drain: the connection is reused
-            pass
         return True
 
     # ------------------------------------------------------------------ process
@@ -164,6 +167,12 @@ class DockerTarget:
         if not self.is_running():
             return []
         return procs.comfyui_servers(self.exec(procs.SCAN_ARGV).text)
+
+    def probe(self, questions: Questions) -> Probe | None:
+        """Discovery's questions in one exec (qpatch.probe); None when stopped."""
+        if not self.is_running():
+            return None
+        return run_probe(self, questions)
 
     def configured_command(self) -> list[str] | None:
         return self.container_config().command or None

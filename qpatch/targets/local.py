@@ -262,6 +262,10 @@ class LocalTarget:
     def as_container(self) -> None:
         return None
 
+    def probe(self, questions: object) -> None:
+        """On this host each question is a local call already: nothing to batch."""
+        return None
+
     def _launcher_alive(self) -> bool:
         return self._launcher is not None and self._launcher.poll() is None
 

@@ -183,6 +183,9 @@ class MemoryTarget:
     def as_container(self) -> DockerTarget | None:
         return None  # the files applier never swaps containers
 
+    def probe(self, questions: object) -> None:
+        return None  # discovery asks each question itself
+
     def configured_command(self) -> list[str] | None:
         config = self.container_config()
         return config.command if config is not None else None
