@@ -83,3 +83,13 @@ def test_local_round_trip_without_restart(comfy_root: Path, tmp_path: Path) -> N
         ledger = json.loads(status.stdout).get("ledger")
         if ledger:
             shutil.rmtree(ledger, ignore_errors=True)
+
+
+def test_a_relative_start_script_is_read_from_the_root(comfy_root: Path, tmp_path: Path) -> None:
+    target = f"local:{comfy_root}"
+    r = qpatch(tmp_path, "apply", target, "--dry-run", "--start-script", START)
+    assert r.returncode == 0, r.stderr
+    assert f"--- a{comfy_root / START}" in r.stdout
+    missing = qpatch(tmp_path, "apply", target, "--dry-run", "--start-script", "run_comfyui.sh")
+    assert missing.returncode == 2
+    assert f"start script {comfy_root / 'run_comfyui.sh'}: no such file" in missing.stderr

@@ -136,3 +136,23 @@ def test_a_failed_apply_says_each_file_was_restored(
     assert all("sha256_after" not in f for f in result["files"])
     assert hashes(comfy_container) == before
     assert healthy(comfy_container)
+
+
+def test_the_interpreter_named_is_the_one_the_server_runs(comfy_container: Container) -> None:
+    """The one-click script activates the venv and runs a bare `python`: /proc's exe is
+    the venv's base interpreter, the server runs the venv's bin/python."""
+    r = qpatch("apply", comfy_container.name, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "python /root/venv/bin/python" in r.stdout + r.stderr
+
+
+def test_a_relative_start_script_is_read_from_the_comfyui_root(
+    comfy_container: Container,
+) -> None:
+    r = qpatch("apply", comfy_container.name, "--dry-run", "--start-script", "../1键启动.sh")
+    assert r.returncode == 0, r.stderr
+    assert "--- a/root/1键启动.sh" in r.stdout
+    missing = qpatch("apply", comfy_container.name, "--start-script", "run_comfyui.sh")
+    assert missing.returncode == 2
+    assert "--start-script run_comfyui.sh: no such file in container " in missing.stderr
+    assert "(read as /root/ComfyUI/run_comfyui.sh, from the ComfyUI root)" in missing.stderr

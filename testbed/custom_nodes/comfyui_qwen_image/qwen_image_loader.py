@@ -89,28 +89,41 @@ def autograd_mode(enabled: bool) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def kept_for_backward(budget_mb: int) -> Iterator[None]:
-    """Count the bytes autograd saves for a backward pass in this block; raise torch's
-    OutOfMemoryError past `budget_mb` (0: no budget, and no hook at all)."""
-    if budget_mb <= 0:
-        yield
-        return
-    kept = [0]
-    budget = budget_mb * 1024 * 1024
+class KeptForBackward:
+    """Count the bytes autograd saves for a backward pass in one model call (new_step()
+    starts a call); raise torch's OutOfMemoryError past `budget_mb` (0: no budget and no
+    hook at all). A block, not a wrapper of the model call: the call keeps the shape the
+    codemods and the blog post know."""
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        kept[0] += t.numel() * t.element_size()
-        if kept[0] > budget:
+    def __init__(self, budget_mb: int) -> None:
+        self.budget_mb = budget_mb
+        self.kept = 0
+        self._hooks = (
+            torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+            if budget_mb > 0
+            else contextlib.nullcontext()
+        )
+
+    def __enter__(self) -> KeptForBackward:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+    def new_step(self) -> None:
+        self.kept = 0
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        size = t.numel() * t.element_size()
+        self.kept += size
+        if self.kept > self.budget_mb * 1024 * 1024:
             raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory. Tried to allocate {t.numel() * t.element_size()} bytes "
-                f"(the stand-in's memory_budget_mb={budget_mb}: autograd kept "
-                f"{kept[0] / 2**20:.1f} MiB for a backward pass)"
+                f"CUDA out of memory. Tried to allocate {size} bytes (the stand-in's "
+                f"memory_budget_mb={self.budget_mb}: autograd kept {self.kept / 2**20:.1f} MiB "
+                "for a backward pass)"
             )
         return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield
 
 
 class QwenImageLoader:
@@ -187,7 +200,7 @@ class QwenImageLoader:
 
         # Drop the previous model first, so a reload never holds two copies in VRAM.
         self.model = None
-        with autograd_mode(autograd):
+        with autograd_mode(autograd), KeptForBackward(memory_budget_mb) as budget:
             if not (model_path / "config.json").is_file():
                 print(f"[qwen_image] creating seeded weights in {model_path}", flush=True)
                 QwenImageModel.create_seeded(
@@ -209,8 +222,8 @@ class QwenImageLoader:
             for i in range(steps):
                 timestep = torch.full((batch,), 1.0 - i / steps, device=self.device)
                 started = time.perf_counter()
-                with kept_for_backward(memory_budget_mb):
-                    output = self.model(input_ids, pixel_values, timestep)
+                budget.new_step()
+                output = self.model(input_ids, pixel_values, timestep)
                 if cuda:
                     torch.cuda.synchronize(self.device)
                 step_times.append(time.perf_counter() - started)
