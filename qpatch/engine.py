@@ -100,7 +100,8 @@ def apply(
             return 0
         if dry_run:
             return _dry_run(ctx, plan, applier)
-        plan.validate(ctx.target)
+        for note in plan.validate(ctx.target, ctx.store.folder):
+            ctx.out.warn(note)
         baseline = None
         if workflow:  # an out-of-memory baseline is the case users come with: a result
             baseline = measure(ctx, workflow, "before, unpatched", allow_oom=True)

@@ -22,6 +22,7 @@ from qpatch.discovery import Layout
 from qpatch.errors import BadInput
 from qpatch.patchspec import CodemodStep, Patch, StartupStep
 from qpatch.report import Report
+from qpatch.targets import fsinfo
 from qpatch.targets.base import FileStat, Target
 
 #: Compiles a copy of a rewritten file with the target's own interpreter, writing no .pyc
@@ -65,8 +66,12 @@ class Plan:
         """Whether applying needs the container recreated (its Env or command change)."""
         return self.container is not None and self.container.changed
 
-    def validate(self, target: Target) -> None:
-        """Before any write: every file can be replaced, every Python file compiles there."""
+    def validate(self, target: Target, ledger_folder: str | None = None) -> list[str]:
+        """Before any write: every file can be replaced (not on a read-only mount, room for
+        its temp copy, room for the backups in the ledger's folder), every Python file
+        compiles there. Returns notes for people (a file that is a mount point is written in
+        place, since nothing can be renamed onto it)."""
+        notes = _check_room(target, self.changed_edits, ledger_folder)
         for edit in self.changed_edits:
             folder = posixpath.dirname(edit.path)
             for path in (edit.path, folder):
@@ -76,6 +81,64 @@ class Plan:
                     )
             if edit.path.endswith(".py"):
                 _compile_in_target(target, edit)
+        return notes
+
+
+#: What a backup costs beyond the bytes themselves: ledger.json and filesystem blocks.
+_LEDGER_SLACK = 64 * 1024
+
+
+def _nearest_existing(target: Target, folder: str) -> str:
+    while folder not in ("", "/") and not target.exists(folder):
+        folder = posixpath.dirname(folder)
+    return folder or "/"
+
+
+def _check_room(target: Target, edits: list[FileEdit], ledger_folder: str | None) -> list[str]:
+    """One exec for the mount table and each folder's free space (fsinfo.PROBE_SCRIPT);
+    a folder df cannot answer for is not guessed at."""
+    folders = sorted({posixpath.dirname(e.path) for e in edits})
+    ledger_at = _nearest_existing(target, ledger_folder) if ledger_folder else None
+    asked = [*folders, *([ledger_at] if ledger_at else [])]
+    r = target.exec(["sh", "-c", fsinfo.PROBE_SCRIPT, "sh", *asked], timeout=30)
+    if r.exit_code != 0:
+        return []
+    mountinfo, df = fsinfo.split_probe(r.text)
+    mounts = fsinfo.parse_mountinfo(mountinfo)
+    spaces = fsinfo.parse_df(asked, df)
+    notes: list[str] = []
+    need: dict[str, int] = {}  # mount point -> bytes this apply writes there
+    for edit in edits:
+        m = fsinfo.mount_of(edit.path, mounts)
+        if m is not None and m.read_only:
+            raise BadInput(
+                f"{edit.path} is on a read-only mount ({m.point}, {m.fstype}) in "
+                f"{target.description}: not even root can write it; nothing was changed",
+                hint="mount it read-write, or patch a writable copy",
+            )
+        if fsinfo.is_mount_point(edit.path, mounts):
+            notes.append(
+                f"{edit.path} is a mount point (a single-file bind mount): nothing can be "
+                "renamed onto it, so it is written in place, after its backup, and checked "
+                "by hash"
+            )
+        space = spaces.get(posixpath.dirname(edit.path))
+        if space is not None:
+            need[space.mount] = need.get(space.mount, 0) + len(edit.after)
+    if ledger_at and ledger_at in spaces:
+        backups = sum(len(e.before) + len(e.after) for e in edits) + _LEDGER_SLACK
+        need[spaces[ledger_at].mount] = need.get(spaces[ledger_at].mount, 0) + backups
+    for space in {s.mount: s for s in spaces.values()}.values():
+        wanted = need.get(space.mount, 0)
+        if wanted > space.available:
+            where = ", ".join(f for f in asked if spaces.get(f) and spaces[f].mount == space.mount)
+            raise BadInput(
+                f"no space left on {space.mount} (for {where}) in {target.description}: "
+                f"{space.available // 1024} KiB free, {-(-wanted // 1024)} KiB needed for the "
+                "new files and their backups; nothing was changed",
+                hint="free some space there, then run the same command again",
+            )
+    return notes
 
 
 def _compile_in_target(target: Target, edit: FileEdit) -> None:
@@ -103,8 +166,9 @@ def make_plan(target: Target, layout: Layout, patch: Patch, *, recreate: bool = 
     """`recreate`: a container with no start script may get a new Env and command."""
     from qpatch.codemods import run_codemod  # libcst: for the commands that make a plan
 
-    ahead = _start_reading(target, layout, patch)
     report = Report()
+    real = _resolve_named_files(target, layout, patch, report)
+    ahead = _start_reading(target, layout, patch)
     contents: dict[str, tuple[bytes, FileStat]] = {}  # path -> (current planned bytes, stat)
     originals: dict[str, bytes] = {}
     env: dict[str, str] = {}
@@ -113,6 +177,7 @@ def make_plan(target: Target, layout: Layout, patch: Patch, *, recreate: bool = 
     for step in patch.steps:
         if isinstance(step, CodemodStep):
             for path in _expand(target, layout.root, step.file):
+                path = real.get(path, path)  # a link inside the root: edit what it points to
                 if path not in contents:
                     contents[path] = ahead.read_file(path)
                     originals[path] = contents[path][0]
@@ -234,6 +299,39 @@ def _start_reading(target: Target, layout: Layout, patch: Patch) -> _Ahead:
 def _start_help(ahead: _Ahead, target: Target, layout: Layout, launch: startup.Launch) -> None:
     argv = _help_argv(layout, launch)
     ahead.start(("help", *argv), partial(target.exec, argv, cwd=layout.root, timeout=60))
+
+
+def _resolve_named_files(
+    target: Target, layout: Layout, patch: Patch, report: Report
+) -> dict[str, str]:
+    """Every file a patch names, resolved inside the target (one `readlink -f`), before
+    anything is read: one that leaves the ComfyUI root through a symlink is refused, and
+    one that is a link inside it maps to the file it points to, so the link stays a link
+    and a rollback restores the file it names."""
+    named = [
+        posixpath.join(layout.root, step.file)
+        for step in patch.steps
+        if isinstance(step, CodemodStep) and not _is_glob(step.file)
+    ]
+    if not named:
+        return {}
+    r = target.exec(["readlink", "-f", "--", layout.root, *named], timeout=30)
+    lines = r.text.splitlines()
+    if r.exit_code != 0 or len(lines) != len(named) + 1:
+        return {}  # no readlink -f there: the paths are used as they are
+    root, resolved = lines[0], lines[1:]
+    mapping: dict[str, str] = {}
+    for path, real in zip(named, resolved, strict=True):
+        if not fsinfo.inside(real, root):
+            raise BadInput(
+                f"{path} resolves to {real}, outside the ComfyUI root {root} (a symlink on "
+                f"the way) in {target.description}; nothing was read or changed",
+                hint="point the patch at the file itself, inside the ComfyUI root",
+            )
+        if real != posixpath.normpath(path):
+            report.find(f"{path} is a link to {real}: that file is edited, the link stays")
+            mapping[path] = real
+    return mapping
 
 
 def _merge(into: Report, rep: Report, where: str) -> None:

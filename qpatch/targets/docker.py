@@ -4,6 +4,7 @@ timeout."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import re
@@ -38,6 +39,21 @@ def connect(timeout: float = 120) -> docker.DockerClient:
             hint="start the engine (scripts/ensure-docker does) or set DOCKER_HOST",
         ) from e
     return client
+
+
+#: Constant; the temp file and the target arrive as argv. `cat >` keeps the inode (and so
+#: the bind mount), `sync` flushes it, and the temp file goes whatever happened.
+_COPY_IN_PLACE = [
+    "sh",
+    "-c",
+    'cat "$1" > "$2" && sync "$2"; rc=$?; rm -f "$1"; exit $rc',
+    "sh",
+]
+
+
+def _busy(r: ExecResult) -> bool:
+    """mv's answer when the destination is a mount point."""
+    return b"busy" in (r.stderr + r.stdout).lower()
 
 
 class DockerTarget:
@@ -115,11 +131,29 @@ class DockerTarget:
             return
         tmp_name = f".qpatch-{uuid.uuid4().hex[:12]}.tmp"
         tmp = posixpath.join(folder, tmp_name)
-        self._put(folder or "/", tmp_name, data, stat)
+        try:
+            self._put(folder or "/", tmp_name, data, stat)
+        except QpatchError:
+            self.exec(["rm", "-f", tmp])  # a full disk may leave part of it: never a trace
+            raise
         moved = self.exec(["mv", "-f", tmp, path])
-        if moved.exit_code != 0:
-            self.exec(["rm", "-f", tmp])
-            moved.check(f"renaming the new {path} into place")
+        if moved.exit_code == 0:
+            return
+        if _busy(moved):  # a mount point (a single-file bind mount): nothing renames onto it
+            self._write_in_place(tmp, path, data)
+            return
+        self.exec(["rm", "-f", tmp])
+        moved.check(f"renaming the new {path} into place")
+
+    def _write_in_place(self, tmp: str, path: str, data: bytes) -> None:
+        """Copy the bytes over the file itself (same inode, so the mount sees them), flush
+        them, and check them by hash; the caller's backup exists already."""
+        r = self.exec([*_COPY_IN_PLACE, tmp, path])
+        if r.exit_code != 0:
+            r.check(f"writing {path} in place (it is a mount point)")
+        written, _ = self.read_file(path)
+        if hashlib.sha256(written).digest() != hashlib.sha256(data).digest():
+            raise QpatchError(f"{path}: the bytes written in place do not match what was meant")
 
     def _put(self, folder: str, name: str, data: bytes, stat: FileStat) -> None:
         archive = tarsafe.single_file_tar(name, data, mode=stat.mode, uid=stat.uid, gid=stat.gid)
@@ -127,7 +161,13 @@ class DockerTarget:
             if not self.container.put_archive(folder, archive):
                 raise QpatchError(f"could not write into {folder} in {self.description}")
         except docker.errors.APIError as e:
-            raise QpatchError(f"writing {folder}/{name}: {e.explanation or e}") from e
+            text = str(e.explanation or e)
+            if "no space left" in text.lower():
+                raise QpatchError(
+                    f"no space left on the filesystem of {folder} in {self.description} "
+                    f"for {len(data)} bytes ({name})"
+                ) from e
+            raise QpatchError(f"writing {folder}/{name}: {text}") from e
 
     def exists(self, path: str) -> bool:
         """Through the archive API, so it also answers for a stopped container: its HEAD

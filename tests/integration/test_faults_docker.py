@@ -8,15 +8,21 @@ container down. A restart qpatch began is qpatch's to finish."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import docker
+import docker.errors
 import pytest
 from docker.models.containers import Container
 
+from tests.conftest import TEST_LABEL, StartContainer
 from tests.integration.test_engine_docker import hashes, healthy, qpatch
 
 pytestmark = pytest.mark.docker
@@ -104,3 +110,150 @@ def test_verify_of_a_target_left_down_by_a_kill_brings_it_up_before_reporting(
     assert "starting it again" in verified.stdout + verified.stderr
     assert healthy(comfy_container, timeout=5)
     assert verified.returncode == 3  # rolled back: "not applied", said with the server up
+
+
+# -- paths that leave the ComfyUI root, and links inside it ----------------------------------
+
+LOADER = "/root/ComfyUI/custom_nodes/comfyui_qwen_image/qwen_image_loader.py"
+
+
+def sh(c: Container, script: str) -> None:
+    r = c.exec_run(["sh", "-c", script])
+    assert r.exit_code == 0, r.output
+
+
+def sha(c: Container, path: str) -> str:
+    r = c.exec_run(["sha256sum", path])
+    assert r.exit_code == 0, r.output
+    return r.output.split()[0].decode()
+
+
+def codemod_patch(folder: Path, file: str) -> Path:
+    p = folder / "one-file.yaml"
+    p.write_text(
+        "name: one-file\ndescription: checkpoint one file's model call\nversion: 1\n"
+        f"steps:\n  - codemod: gradient-checkpointing\n    file: {file}\n"
+    )
+    return p
+
+
+def test_a_patch_path_through_a_symlinked_folder_out_of_the_root_is_refused(
+    comfy_container: Container, tmp_path: Path
+) -> None:
+    sh(comfy_container, f"mkdir -p /opt/outside && cp {LOADER} /opt/outside/loader.py")
+    sh(comfy_container, "ln -s /opt/outside /root/ComfyUI/custom_nodes/linked")
+    before = sha(comfy_container, "/opt/outside/loader.py")
+    patch = codemod_patch(tmp_path, "custom_nodes/linked/loader.py")
+    r = qpatch("apply", comfy_container.name, "--patch", str(patch))
+    assert r.returncode == 2, r.stderr
+    assert "resolves to /opt/outside/loader.py, outside the ComfyUI root" in r.stderr
+    assert sha(comfy_container, "/opt/outside/loader.py") == before
+    assert comfy_container.exec_run(["test", "-e", "/var/lib/qpatch"]).exit_code != 0
+
+
+def test_a_loader_that_is_a_link_out_of_the_root_is_not_even_read(
+    comfy_container: Container, tmp_path: Path
+) -> None:
+    sh(comfy_container, f"mv {LOADER} /tmp/loader.py && ln -s /etc/hostname {LOADER}")
+    before = sha(comfy_container, "/etc/hostname")
+    r = qpatch("apply", comfy_container.name)
+    assert r.returncode == 2, r.stderr
+    assert "resolves to /etc/hostname, outside the ComfyUI root" in r.stderr
+    assert sha(comfy_container, "/etc/hostname") == before
+    assert comfy_container.exec_run(["test", "-L", LOADER]).exit_code == 0
+
+
+def test_a_link_inside_the_root_stays_a_link_through_apply_and_rollback(
+    comfy_container: Container,
+) -> None:
+    real = LOADER.replace("qwen_image_loader.py", "real_loader.py")
+    sh(comfy_container, f"mv {LOADER} {real} && ln -s real_loader.py {LOADER}")
+    before = sha(comfy_container, real)
+    r = qpatch("apply", comfy_container.name)
+    assert r.returncode == 0, r.stderr
+    assert f"is a link to {real}: that file is edited, the link stays" in r.stdout + r.stderr
+    assert comfy_container.exec_run(["test", "-L", LOADER]).exit_code == 0
+    assert sha(comfy_container, real) != before
+    rolled = qpatch("rollback", comfy_container.name)
+    assert rolled.returncode == 0, rolled.stderr
+    assert comfy_container.exec_run(["test", "-L", LOADER]).exit_code == 0
+    assert sha(comfy_container, real) == before
+
+
+# -- full disks and a single-file bind mount ---------------------------------------------------
+
+SCRIPT = "/root/1键启动.sh"
+
+
+def leftovers(c: Container, folder: str) -> list[str]:
+    r = c.exec_run(["find", folder, "-name", ".qpatch-*"])
+    return r.output.decode().split()
+
+
+def test_a_full_ledger_filesystem_is_said_before_anything_is_written(
+    start_container: StartContainer,
+) -> None:
+    c = start_container(tmpfs={"/var/lib/qpatch": "size=32k"})
+    assert healthy(c)
+    before = hashes(c)
+    r = qpatch("apply", c.name)
+    assert r.returncode == 2, r.stderr
+    assert "no space left on /var/lib/qpatch" in r.stderr
+    assert "KiB free" in r.stderr and "KiB needed" in r.stderr
+    assert hashes(c) == before
+    assert leftovers(c, "/var/lib/qpatch") == []
+    assert healthy(c)
+
+
+@pytest.fixture
+def small_volume(docker_client: docker.DockerClient) -> Iterator[str]:
+    """A 16 KiB tmpfs-backed named volume: a full filesystem the archive API can reach (a
+    container's own --tmpfs mounts are invisible to it)."""
+    vol = docker_client.volumes.create(
+        name=f"qpatch-test-small-{uuid.uuid4().hex[:8]}",
+        driver="local",
+        driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=16k"},
+        labels={TEST_LABEL: "1"},
+    )
+    try:
+        yield vol.name
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            vol.remove(force=True)
+
+
+def test_a_full_node_folder_is_said_and_leaves_no_temp_file(
+    start_container: StartContainer, small_volume: str, tmp_path: Path
+) -> None:
+    pack = "/root/ComfyUI/custom_nodes/full_pack"
+    c = start_container(volumes={small_volume: {"bind": pack, "mode": "rw"}})
+    assert healthy(c)
+    sh(c, f"cp {LOADER} {pack}/qwen_image_loader.py && head -c 4096 /dev/zero > {pack}/pad")
+    before = sha(c, f"{pack}/qwen_image_loader.py")
+    patch = codemod_patch(tmp_path, "custom_nodes/full_pack/qwen_image_loader.py")
+    r = qpatch("apply", c.name, "--patch", str(patch))
+    assert r.returncode == 2, r.stderr
+    assert f"no space left on {pack}" in r.stderr
+    assert sha(c, f"{pack}/qwen_image_loader.py") == before
+    assert leftovers(c, pack) == []
+    c.remove(force=True)
+
+
+def test_a_start_script_bind_mounted_as_a_single_file_is_written_in_place(
+    start_container: StartContainer, tmp_path: Path
+) -> None:
+    host_script = tmp_path / "start.sh"
+    host_script.write_bytes((REPO / "testbed" / "1键启动.sh").read_bytes())
+    original = host_script.read_bytes()
+    c = start_container(volumes={str(host_script): {"bind": SCRIPT, "mode": "rw"}})
+    assert healthy(c)
+    r = qpatch("apply", c.name)
+    assert r.returncode == 0, r.stderr
+    assert f"{SCRIPT} is a mount point (a single-file bind mount)" in r.stdout + r.stderr
+    assert host_script.read_bytes() != original  # the host's file, through the mount
+    assert b"--disable-cuda-malloc" in host_script.read_bytes()
+    assert leftovers(c, "/root") == []
+    rolled = qpatch("rollback", c.name)
+    assert rolled.returncode == 0, rolled.stderr
+    assert host_script.read_bytes() == original
+    assert healthy(c)
