@@ -8,8 +8,10 @@ import hashlib
 import os
 import posixpath
 import re
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import docker
 import docker.errors
@@ -20,6 +22,9 @@ from qpatch.errors import BadInput, QpatchError
 from qpatch.probe import Probe, Questions, run_probe
 from qpatch.targets import procs, tarsafe
 from qpatch.targets.base import ContainerConfig, ExecResult, FileStat, TargetState
+from qpatch.targets.engine_wait import TargetPaused, is_paused_refusal, pause_wait_s
+
+T = TypeVar("T")
 
 #: How long to wait for the container to end by itself after ComfyUI got SIGTERM. The
 #: test bed ends in 0.5 s; a script ending in `tail -f` never does, and gets a restart.
@@ -102,13 +107,36 @@ class DockerTarget:
         cmd = list(argv)
         if timeout is not None:  # exec_run has no timeout of its own
             cmd = ["timeout", "-k", "2", str(max(1, int(timeout))), *cmd]
-        try:
-            code, (out, err) = self.container.exec_run(
+
+        def run() -> tuple[int | None, tuple[bytes | None, bytes | None]]:
+            return self.container.exec_run(
                 cmd, demux=True, workdir=cwd, environment=dict(env) if env else None
             )
+
+        try:
+            code, (out, err) = self._while_paused(f"running {cmd[0]}", run)
         except docker.errors.APIError as e:
             raise QpatchError(f"exec in {self.description} failed: {e.explanation or e}") from e
         return ExecResult(code if code is not None else -1, out or b"", err or b"")
+
+    def _while_paused(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`; while the container is paused (docker pause: exec is refused), wait a
+        bounded time for the unpause and try again, then say so — never a bare 409."""
+        deadline = time.monotonic() + pause_wait_s()
+        while True:
+            try:
+                return call()
+            except docker.errors.APIError as e:
+                if not is_paused_refusal(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise TargetPaused(
+                        f"{self.description} is paused (docker pause): qpatch waited "
+                        f"{pause_wait_s():.0f} s for it while {what}",
+                        hint=f"docker unpause {self.ref}, then run the same qpatch command "
+                        "again: it finishes or undoes the interrupted run first",
+                    ) from e
+                time.sleep(0.5)
 
     # ------------------------------------------------------------------ files
 
@@ -158,7 +186,8 @@ class DockerTarget:
     def _put(self, folder: str, name: str, data: bytes, stat: FileStat) -> None:
         archive = tarsafe.single_file_tar(name, data, mode=stat.mode, uid=stat.uid, gid=stat.gid)
         try:
-            if not self.container.put_archive(folder, archive):
+            put = lambda: self.container.put_archive(folder, archive)  # noqa: E731
+            if not self._while_paused(f"writing {folder}/{name}", put):
                 raise QpatchError(f"could not write into {folder} in {self.description}")
         except docker.errors.APIError as e:
             text = str(e.explanation or e)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,3 +258,66 @@ def test_a_start_script_bind_mounted_as_a_single_file_is_written_in_place(
     assert rolled.returncode == 0, rolled.stderr
     assert host_script.read_bytes() == original
     assert healthy(c)
+
+
+# -- docker pause ------------------------------------------------------------------------------
+
+
+def freeze_at(args: list[str], line: str, env: dict[str, str] | None = None):
+    """Start `qpatch ARGS`, freeze it (SIGSTOP) when it prints `line`; the process and what
+    it printed so far. The caller acts on the target, then SIGCONTs it."""
+    p = subprocess.Popen(
+        [sys.executable, "-u", "-m", "qpatch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    assert p.stdout is not None
+    seen: list[str] = []
+    for out in p.stdout:
+        seen.append(out)
+        if line in out:
+            p.send_signal(signal.SIGSTOP)
+            return p, seen
+    raise AssertionError(f"never printed {line!r}:\n{''.join(seen)}")
+
+
+def finish(p: subprocess.Popen[str], seen: list[str]) -> str:
+    assert p.stdout is not None
+    seen.extend(p.stdout)
+    p.wait(timeout=300)
+    return "".join(seen)
+
+
+def test_a_pause_during_the_restart_is_waited_out(comfy_container: Container) -> None:
+    p, seen = freeze_at(["apply", comfy_container.name], "restarting ComfyUI")
+    comfy_container.pause()
+    p.send_signal(signal.SIGCONT)
+    time.sleep(3)
+    comfy_container.unpause()
+    said = finish(p, seen)
+    assert p.returncode == 0, said
+    assert healthy(comfy_container)
+    assert qpatch("verify", comfy_container.name).returncode == 0
+
+
+def test_a_pause_never_undone_after_a_write_exits_4_then_the_next_command_recovers(
+    comfy_container: Container,
+) -> None:
+    before = hashes(comfy_container)
+    env = {"QPATCH_PAUSE_WAIT_S": "3"}
+    p, seen = freeze_at(["apply", comfy_container.name], "wrote " + LOADER, env)
+    comfy_container.pause()
+    p.send_signal(signal.SIGCONT)
+    said = finish(p, seen)
+    comfy_container.unpause()
+    assert p.returncode == 4, said  # never 2 ("nothing changed") after a write
+    assert "is paused (docker pause)" in said
+    assert f"docker unpause {comfy_container.name}" in said
+
+    again = qpatch("rollback", comfy_container.name)
+    assert again.returncode == 0, again.stderr
+    assert hashes(comfy_container) == before
+    assert healthy(comfy_container)
