@@ -22,7 +22,12 @@ from qpatch.errors import BadInput, QpatchError
 from qpatch.probe import Probe, Questions, run_probe
 from qpatch.targets import procs, tarsafe
 from qpatch.targets.base import ContainerConfig, ExecResult, FileStat, TargetState
-from qpatch.targets.engine_wait import TargetPaused, is_paused_refusal, pause_wait_s
+from qpatch.targets.engine_wait import (
+    TargetPaused,
+    is_paused_refusal,
+    pause_wait_s,
+    through_restarts,
+)
 
 T = TypeVar("T")
 
@@ -121,11 +126,12 @@ class DockerTarget:
 
     def _while_paused(self, what: str, call: Callable[[], T]) -> T:
         """`call()`; while the container is paused (docker pause: exec is refused), wait a
-        bounded time for the unpause and try again, then say so — never a bare 409."""
+        bounded time for the unpause and try again, then say so — never a bare 409; while
+        the engine itself is away (restarting), wait for it the same way (engine_wait)."""
         deadline = time.monotonic() + pause_wait_s()
         while True:
             try:
-                return call()
+                return through_restarts(what, call)
             except docker.errors.APIError as e:
                 if not is_paused_refusal(e):
                     raise
@@ -142,7 +148,9 @@ class DockerTarget:
 
     def read_file(self, path: str) -> tuple[bytes, FileStat]:
         try:
-            stream, stat = self.container.get_archive(path)
+            stream, stat = through_restarts(
+                f"reading {path}", lambda: self.container.get_archive(path)
+            )
         except docker.errors.NotFound as e:
             raise BadInput(f"{path}: no such file in {self.description}") from e
         if stat.get("linkTarget"):
@@ -205,7 +213,8 @@ class DockerTarget:
         api = self.container.client.api
         url = api._url("/containers/{0}/archive", self.container.id)
         try:
-            api._raise_for_status(api.head(url, params={"path": path}, timeout=api.timeout))
+            head = lambda: api.head(url, params={"path": path}, timeout=api.timeout)  # noqa: E731
+            api._raise_for_status(through_restarts(f"looking for {path}", head))
         except docker.errors.NotFound:
             return False
         return True
@@ -214,7 +223,7 @@ class DockerTarget:
 
     def state(self) -> TargetState:
         try:
-            self.container.reload()
+            through_restarts("asking the container's state", self.container.reload)
         except docker.errors.NotFound:
             return TargetState(False, 0, "removed")
         s = self.container.attrs["State"]
@@ -230,7 +239,7 @@ class DockerTarget:
         return self.state().running
 
     def start(self) -> None:
-        self.container.start()
+        through_restarts("starting the container", self.container.start)
 
     def server_processes(self) -> list[procs.Proc]:
         if not self.is_running():
@@ -256,7 +265,7 @@ class DockerTarget:
     def restart(self) -> None:
         """Stop quickly (see stop) and start again."""
         self.stop()
-        self.container.start()
+        self.start()
 
     def stop(self) -> None:
         """SIGTERM ComfyUI's python so the one-click script (PID 1, bash, deaf to SIGTERM)
@@ -273,12 +282,13 @@ class DockerTarget:
                 return
             except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
                 pass
-        self.container.stop(timeout=10)
+        through_restarts("stopping the container", lambda: self.container.stop(timeout=10))
 
     def host_pids(self) -> list[int]:
-        top = self.container.top()
+        top = through_restarts("listing the container's processes", self.container.top)
         col = top["Titles"].index("PID")
         return [int(row[col]) for row in top.get("Processes") or []]
 
     def logs(self, tail: int = 20) -> str:
-        return self.container.logs(tail=tail).decode("utf-8", errors="replace")
+        logs = through_restarts("reading the log", lambda: self.container.logs(tail=tail))
+        return logs.decode("utf-8", errors="replace")
