@@ -112,8 +112,9 @@ def _check_room(target: Target, edits: list[FileEdit], ledger_folder: str | None
         m = fsinfo.mount_of(edit.path, mounts)
         if m is not None and m.read_only:
             raise BadInput(
-                f"{edit.path} is on a read-only mount ({m.point}, {m.fstype}) in "
-                f"{target.description}: not even root can write it; nothing was changed",
+                f"{edit.path} is not writable: it is on a read-only mount ({m.point}, "
+                f"{m.fstype}) in {target.description}, which not even root can write; "
+                "nothing was changed",
                 hint="mount it read-write, or patch a writable copy",
             )
         if fsinfo.is_mount_point(edit.path, mounts):

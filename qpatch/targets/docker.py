@@ -114,8 +114,11 @@ class DockerTarget:
             cmd = ["timeout", "-k", "2", str(max(1, int(timeout))), *cmd]
 
         def run() -> tuple[int | None, tuple[bytes | None, bytes | None]]:
+            # As root whatever user the container runs as: qpatch's file work must not depend
+            # on it (owner and mode are kept by put_archive), and only a read-only mount stops
+            # root (Plan.validate names it).
             return self.container.exec_run(
-                cmd, demux=True, workdir=cwd, environment=dict(env) if env else None
+                cmd, demux=True, workdir=cwd, environment=dict(env) if env else None, user="0"
             )
 
         try:

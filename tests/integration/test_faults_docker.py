@@ -321,3 +321,25 @@ def test_a_pause_never_undone_after_a_write_exits_4_then_the_next_command_recove
     assert again.returncode == 0, again.stderr
     assert hashes(comfy_container) == before
     assert healthy(comfy_container)
+
+
+# -- a container that runs as another user ----------------------------------------------------
+
+
+def test_a_container_running_as_a_user_is_patched_as_root_keeping_owner_and_mode(
+    start_container: StartContainer,
+) -> None:
+    """The loader is root's (0644) and the container's user is 1000: file work runs as
+    root, and the owner and mode stay exactly as they were."""
+    c = start_container(user="1000:1000", command=["sleep", "infinity"])
+    stat = ["stat", "-c", "%u:%g %a", LOADER, SCRIPT]
+    owners = c.exec_run(stat, user="0").output
+    before = hashes(c)
+    r = qpatch("apply", c.name, "--no-restart")
+    assert r.returncode == 0, r.stderr
+    assert hashes(c) != before
+    assert c.exec_run(stat, user="0").output == owners
+    rolled = qpatch("rollback", c.name, "--no-restart")
+    assert rolled.returncode == 0, rolled.stderr
+    assert hashes(c) == before
+    assert c.exec_run(stat, user="0").output == owners
