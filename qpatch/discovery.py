@@ -201,7 +201,11 @@ def _python(ask: _Asker, server: Proc | None) -> str:
         elif "/" in first:
             candidates.append(posixpath.normpath(posixpath.join(server.cwd, first)))
         else:  # `python main.py` after `source venv/bin/activate`: as its own PATH finds it
-            found = _on_server_path(ask.target, server)
+            found = (
+                ask.probe.on_path.get(server.pid)
+                if ask.probe is not None
+                else _on_server_path(ask.target, server)
+            )
             if found:
                 return found
         candidates.append(server.exe)

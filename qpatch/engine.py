@@ -12,9 +12,9 @@ holds."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qpatch import appliers, vram
+from qpatch import appliers
 from qpatch.appliers import Applier, Check
 from qpatch.context import Context
 from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError
@@ -22,6 +22,9 @@ from qpatch.ledger import FileRecord, Ledger, State, sha256
 from qpatch.plan import FileEdit, Plan
 from qpatch.steps import current_sha, finish_restart
 from qpatch.textdiff import unified_diff
+
+if TYPE_CHECKING:  # measuring imports NVML's bindings: only the commands that measure pay
+    from qpatch import vram
 
 
 def measure(
@@ -34,6 +37,8 @@ def measure(
     workflow: str | None = None,
 ) -> vram.Measurement:
     """One measured run, shown as the one table every command prints."""
+    from qpatch import vram
+
     ctx.out.step(f"measuring the workflow ({what})")
     show = ctx.out.progress("workflow running")
     try:
@@ -243,6 +248,8 @@ def _back_up(ctx: Context, plan: Plan, ledger: Ledger) -> None:
 def _measure_after(
     ctx: Context, workflow: dict[str, Any], baseline: vram.Measurement, ledger: Ledger
 ) -> None:
+    from qpatch import vram
+
     after = measure(ctx, workflow, "after, patched", seed=baseline.seed)
     ledger.measurements["after"] = after.to_json()
     comparison = vram.compare(baseline, after)
@@ -312,6 +319,8 @@ def _verify_vram(
     require_vram: bool,
     check: Any,
 ) -> None:
+    from qpatch import vram
+
     seed = baseline.get("seed") if baseline else None
     now = measure(ctx, workflow, "now", seed=seed)
     ctx.result.measurement = now.to_json()

@@ -37,6 +37,8 @@ _TAIL = b"\nend\n"
 #:   X TAB pid TAB status TAB argv0
 #:                       `argv0 -c pass` for the first python running main.py in the scan,
 #:                       when argv[0] is an absolute python path (discovery's first choice)
+#:   P TAB pid TAB path  where argv[0] is a bare name (`python` after a venv's activate):
+#:                       what `command -v` finds for it on the server's own PATH
 #:   W TAB i TAB status  qpatch.ledger's test of LEDGER i (dirname without forking): 0 when
 #:                       the folder exists writable, or could be created under its nearest
 #:                       existing ancestor
@@ -91,6 +93,15 @@ while [ -n "$rest" ]; do
   a0=${argv%%"$soh"*}
   case ${exe##*/} in python*) ;; *) continue ;; esac
   case "$soh${argv#*"$soh"}" in *"$soh$main$soh"* | *"/$main$soh"*) ;; *) continue ;; esac
+  case $a0 in
+    */* | *"$tab"*) ;;
+    *)
+      p=$(tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | sed -n 's/^PATH=//p')
+      r=
+      [ -n "$p" ] && r=$(PATH=$p && command -v -- "$a0")
+      case $r in /*) printf 'P\t%s\t%s\n' "$pid" "$r" ;; esac
+      break ;;
+  esac
   case $a0 in *"$tab"*) break ;; /*) ;; *) break ;; esac
   case ${a0##*/} in python*) ;; *) break ;; esac
   "$a0" -c pass </dev/null >/dev/null 2>&1
@@ -212,6 +223,8 @@ class Probe:
     scripts: Mapping[str, bytes] = field(default_factory=dict)
     #: ledger folder -> whether it can be written (exists writable, or can be created)
     writable: Mapping[str, bool] = field(default_factory=dict)
+    #: pid -> the interpreter a bare argv[0] names on that server's own PATH
+    on_path: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def servers(self) -> list[procs.Proc]:
@@ -245,6 +258,7 @@ def parse(output: bytes, questions: Questions) -> Probe | None:
     listed: dict[int, list[str]] = {}
     scripts: dict[str, bytes] = {}
     writable: dict[str, bool] = {}
+    on_path: dict[int, str] = {}
     folders, ledgers = questions.folders, questions.ledgers
     try:
         while True:
@@ -255,6 +269,9 @@ def parse(output: bytes, questions: Questions) -> Probe | None:
             if kind == b"X":
                 pid, status, argv0 = rest.split(b"\t", 2)
                 pythons[int(pid)] = (_text(argv0), int(status))
+            elif kind == b"P":
+                pid, path = rest.split(b"\t", 1)
+                on_path[int(pid)] = _text(path)
             elif kind == b"W":
                 i, status = rest.split(b"\t", 1)
                 writable[ledgers[_index(i, ledgers)]] = int(status) == 0
@@ -278,6 +295,7 @@ def parse(output: bytes, questions: Questions) -> Probe | None:
         listings={folders[i]: _splitlines(lines) for i, lines in listed.items()},
         scripts=scripts,
         writable=writable,
+        on_path=on_path,
     )
 
 
