@@ -36,23 +36,7 @@ def kill_mid_restart(c: Container, args: list[str]) -> str:
     not yet started again: frozen (SIGSTOP) the moment it says "restarting ComfyUI" (its
     ledger already says so), ComfyUI's python stopped as qpatch's own restart stops it,
     then SIGKILL. Deterministic, where a timed kill races the restart's start."""
-    p = subprocess.Popen(
-        [sys.executable, "-u", "-m", "qpatch", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert p.stdout is not None
-    seen: list[str] = []
-    for out in p.stdout:
-        seen.append(out)
-        if "restarting ComfyUI" in out:
-            p.send_signal(signal.SIGSTOP)
-            break
-    else:
-        raise AssertionError(f"never reached the restart:\n{''.join(seen)}")
+    p, seen = freeze_at(args, "restarting ComfyUI")
     if status_of(c) == "running":
         c.exec_run(["sh", "-c", "kill -TERM $(pgrep -f 'python main.py')"])
     c.wait(timeout=30)
