@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from qpatch import appliers
-from qpatch.appliers import Applier, Check
+from qpatch.appliers import Applier
 from qpatch.context import Context
 from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError
 from qpatch.ledger import FileRecord, Ledger, State, sha256
@@ -434,6 +434,3 @@ def status(ctx: Context) -> int:
 
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-__all__ = ["Check", "apply", "recover_interrupted", "rollback", "status", "verify"]

@@ -24,7 +24,7 @@ def restart_and_wait(
         ctx.store.save(ledger)
     ctx.out.step(f"restarting ComfyUI ({why})")
     ctx.target.restart()
-    stats = health.wait_healthy_shown(ctx.api, ctx.out, timeout=ctx.timeout)
+    stats = wait_healthy(ctx)
     ledger.restart_pending = False
     if save_after:
         ctx.store.save(ledger)
@@ -36,7 +36,7 @@ def finish_restart(ctx: Context, ledger: Ledger) -> None:
     if not ctx.target.state().running:
         ctx.out.step("starting ComfyUI again (an interrupted qpatch run had stopped it)")
         ctx.target.start()
-    health.wait_healthy_shown(ctx.api, ctx.out, timeout=ctx.timeout)
+    wait_healthy(ctx)
     ledger.restart_pending = False
     ctx.store.save(ledger)
 

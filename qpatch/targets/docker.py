@@ -122,15 +122,16 @@ class DockerTarget:
             )
 
         try:
-            code, (out, err) = self._while_paused(f"running {cmd[0]}", run)
+            code, (out, err) = self._engine_call(f"running {cmd[0]}", run)
         except docker.errors.APIError as e:
             raise QpatchError(f"exec in {self.description} failed: {e.explanation or e}") from e
         return ExecResult(code if code is not None else -1, out or b"", err or b"")
 
-    def _while_paused(self, what: str, call: Callable[[], T]) -> T:
-        """`call()`; while the container is paused (docker pause: exec is refused), wait a
-        bounded time for the unpause and try again, then say so — never a bare 409; while
-        the engine itself is away (restarting), wait for it the same way (engine_wait)."""
+    def _engine_call(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`, through what the world does to the engine meanwhile: while it is away
+        (restarting) it is waited for (engine_wait.through_restarts); while the container is
+        paused (docker pause: exec and writes are refused) the unpause is waited for, a
+        bounded time, then said — never a bare 409."""
         deadline = time.monotonic() + pause_wait_s()
         while True:
             try:
@@ -198,7 +199,7 @@ class DockerTarget:
         archive = tarsafe.single_file_tar(name, data, mode=stat.mode, uid=stat.uid, gid=stat.gid)
         try:
             put = lambda: self.container.put_archive(folder, archive)  # noqa: E731
-            if not self._while_paused(f"writing {folder}/{name}", put):
+            if not self._engine_call(f"writing {folder}/{name}", put):
                 raise QpatchError(f"could not write into {folder} in {self.description}")
         except docker.errors.APIError as e:
             text = str(e.explanation or e)
