@@ -25,6 +25,8 @@ class Finding:
     message: str
     line: int | None = None
     severity: Literal["info", "warning"] = "warning"
+    # A stable word for scripts and tests (e.g. "pipeline": why a call was left alone).
+    code: str | None = None
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line is not None else ""
@@ -45,8 +47,9 @@ class Report:
         message: str,
         line: int | None = None,
         severity: Literal["info", "warning"] = "warning",
+        code: str | None = None,
     ) -> None:
-        self.findings.append(Finding(message, line, severity))
+        self.findings.append(Finding(message, line, severity, code))
 
     def extend(self, other: Report) -> None:
         self.changes.extend(other.changes)

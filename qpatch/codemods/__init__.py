@@ -66,6 +66,6 @@ def run_codemod(
     through libcst (see segments.py); the rest of the file is copied byte for byte."""
     transform = _transform(name)(CodemodContext(filename=path), **options)
     text, encoding = decode(source, path)
-    part = plan(text, transform.seed_words(), transform.linked_words)
+    part = plan(text, transform.file_seeds(text), transform.linked_words)
     module = transform.transform_module(parse(part.text, path, part.file_line))
     return encode(part.splice(module.code), encoding), part.remap(transform.report)

@@ -126,6 +126,10 @@ class QpatchCodemod(VisitorBasedCodemodCommand):
         """Words of the statements this codemod could read or rewrite."""
         raise NotImplementedError
 
+    def file_seeds(self, text: str) -> set[str]:
+        """The seed words for this file: seed_words(), unless the file itself tells more."""
+        return self.seed_words()
+
     def linked_words(self, node: ast.AST, words: Set[str]) -> set[str]:
         """Words that `node` (a top-level statement) ties to `words`, e.g. an alias."""
         return set()

@@ -1,8 +1,9 @@
-"""Transform `gradient-checkpointing`: the post's section 3.2, done so it cannot break the node.
+"""Transform `gradient-checkpointing`: the post's section 3.2, done so it saves memory.
 
-Two passes: a plain visitor learns which names hold a model (loads can come after the calls
-in the file), then the transformer inserts the enable statement after each load and wraps
-each call. libcst's AddImportsVisitor then adds the import, or a name already imported is
+Two passes: model_calls.py reads the module and decides each call (the diffusion model's,
+where autograd is really on, and in which autograd mode), then the transformer wraps those
+calls and turns on the model's own checkpointing after its load where a backward pass will
+use it. libcst's AddImportsVisitor then adds the imports, or names already imported are
 reused.
 """
 
@@ -18,19 +19,21 @@ from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor, GatherImportsVisitor, ImportItem
 
 from qpatch.codemods.base import NothingToPatch, Option, QpatchCodemod
-from qpatch.codemods.segments import words_of
+from qpatch.codemods.kinds import Kind, kind_of_input_type, names_a_kind
+from qpatch.codemods.model_calls import Decision, Decisions, Facts, Mode, decide, gather
+from qpatch.codemods.segments import WORD, words_of
 from qpatch.errors import BadInput
 
 CHECKPOINT_MODULE = "torch.utils.checkpoint"
 # The name checkpoint() gets, the first one the module does not use already.
 _CHECKPOINT_NAMES = ("checkpoint", "torch_checkpoint", "qpatch_checkpoint")
 
-# checkpoint()'s own keywords: a model call passing one would have it taken by checkpoint.
-_CHECKPOINT_KEYWORDS = frozenset(
-    {"use_reentrant", "preserve_rng_state", "context_fn", "determinism_check", "debug"}
+# Words of the statements model_calls.py must see besides class names of a known kind.
+_SEEDS = frozenset(
+    {"from_pretrained", "from_single_file", "from_config", "enable_grad", "set_grad_enabled"}
+    | {"inference_mode", "no_grad", "backward"}
 )
-# from_pretrained of these returns no nn.Module: nothing for checkpointing to save.
-_NOT_MODELS = ("Tokenizer", "TokenizerFast", "Processor", "FeatureExtractor", "Scheduler", "Config")
+_AUTOGRAD_CHOICES = ("auto", "keep", "off")
 
 # Inserted after each load. The model's own switch comes first: diffusers blocks that see
 # `gradient_checkpointing = True` without it call a helper only that switch installs.
@@ -41,18 +44,6 @@ try:  # qpatch: turn on the model's own gradient checkpointing; harmless where i
 except Exception:
     [setattr(m, "gradient_checkpointing", True) for m in getattr(MODEL, "modules", list)() if hasattr(m, "gradient_checkpointing")]
 """  # noqa: E501
-
-_FROM_PRETRAINED = m.Call(func=m.Attribute(attr=m.Name("from_pretrained")))
-
-
-def _dotted(node: cst.BaseExpression) -> str | None:
-    """`self.model` for a name or attribute chain; None for subscripts, calls and the rest."""
-    if isinstance(node, cst.Name):
-        return node.value
-    if isinstance(node, cst.Attribute):
-        base = _dotted(node.value)
-        return f"{base}.{node.attr.value}" if base else None
-    return None
 
 
 def _matcher(dotted: str) -> m.BaseExpression:
@@ -71,58 +62,31 @@ def _last_word(target: ast.expr) -> list[str]:
     return [target.id] if isinstance(target, ast.Name) else []
 
 
-def _loaded_class(value: cst.BaseExpression | None) -> str | None:
-    """The class in `Cls.from_pretrained(...)`, also under chained calls like `.to(device)`."""
-    while isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute):
-        if m.matches(value, _FROM_PRETRAINED):
-            return cst.Module([]).code_for_node(value.func.value)
+def _value_words(value: ast.expr) -> set[str]:
+    """The words that tie an assigned value to a model: an alias's last name; a call's
+    callee (under `.to(...)`-style chains) and its root, and its string arguments."""
+    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
+        if not isinstance(value.func.value, ast.Call):
+            break
         value = value.func.value
-    return None
+    if not isinstance(value, ast.Call):
+        return set(_last_word(value))
+    func = value.func
+    found = set(_last_word(func))
+    while isinstance(func, ast.Attribute):
+        func = func.value
+    found |= set(_last_word(func))
+    found |= {
+        a.value for a in value.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
+    }
+    return found
 
 
-def _assignments(stmt: cst.BaseSmallStatement) -> tuple[list[str], cst.BaseExpression | None]:
-    """Targets (as dotted names) and value of an assignment; nothing for other statements."""
-    if isinstance(stmt, cst.Assign):
-        return [name for t in stmt.targets if (name := _dotted(t.target))], stmt.value
-    if isinstance(stmt, cst.AnnAssign) and (name := _dotted(stmt.target)):
-        return [name], stmt.value
-    return [], None
+class _Names(cst.CSTVisitor):
+    """Every name the module uses, so an added `checkpoint` shadows none of them."""
 
-
-class _Scan(cst.CSTVisitor):
-    """First pass: models loaded (or named), aliases of them, and every name in use."""
-
-    def __init__(self, models: Sequence[str] | None) -> None:
-        self.named = models is not None
-        self.models: set[str] = set(models or ())
-        self.not_models: set[str] = set()  # e.g. "AutoTokenizer"
-        self.aliases: list[tuple[str, str]] = []
+    def __init__(self) -> None:
         self.names: set[str] = set()
-        self.passed: set[tuple[str, str]] = set()  # (callee, name of its first argument)
-
-    def visit_Assign(self, node: cst.Assign) -> None:
-        self._assignment(node)
-
-    def visit_Call(self, node: cst.Call) -> None:
-        first = node.args[0].value if node.args else None
-        if isinstance(first, cst.Name) and (callee := _dotted(node.func)):
-            self.passed.add((callee, first.value))
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-        self._assignment(node)
-
-    def _assignment(self, node: cst.Assign | cst.AnnAssign) -> None:
-        targets, value = _assignments(node)
-        if self.named or not targets:
-            return
-        source = _dotted(value) if value is not None else None
-        if source is not None:
-            self.aliases += [(target, source) for target in targets]
-        elif cls := _loaded_class(value):
-            if cls.endswith(_NOT_MODELS):
-                self.not_models.add(cls)
-            else:
-                self.models.update(targets)
 
     def visit_Name(self, node: cst.Name) -> None:
         self.names.add(node.value)
@@ -135,19 +99,11 @@ class _Scan(cst.CSTVisitor):
         node.value.visit(self)  # nor does a keyword `checkpoint=`
         return False
 
-    def resolve(self) -> set[str]:
-        """Models plus names assigned from them (`self.model = model`), to a fixed point."""
-        grew = True
-        while grew:
-            new = {target for target, source in self.aliases if source in self.models}
-            grew = bool(new - self.models)
-            self.models |= new
-        return self.models
-
 
 class GradientCheckpointing(QpatchCodemod):
-    """Wrap each call of a `from_pretrained` model in torch.utils.checkpoint and turn on the
-    model's own gradient checkpointing right after it loads.
+    """Wrap each call of the diffusion model, where autograd is on, in
+    torch.utils.checkpoint; where the node never runs a backward pass, also without autograd,
+    so nothing is kept for one at any step count.
 
     `X.forward(...)` becomes `checkpoint(X.forward, ...)`, not `checkpoint(X, ...)`: the
     author called forward directly, skipping nn.Module hooks (forward hooks, offload hooks),
@@ -156,13 +112,19 @@ class GradientCheckpointing(QpatchCodemod):
 
     NAME: ClassVar[str] = "gradient-checkpointing"
     DESCRIPTION: ClassVar[str] = (
-        "Run every call of a from_pretrained model under torch.utils.checkpoint and turn on "
-        "the model's own gradient checkpointing after it loads."
+        "Run the diffusion model's calls under torch.utils.checkpoint where autograd is on "
+        "(and without autograd where the node never asks for gradients)."
     )
     OPTIONS: ClassVar[dict[str, Option]] = {
         "use_reentrant": Option(bool, False, help="checkpoint(..., use_reentrant=)"),
         "preserve_rng_state": Option(bool, None, help="checkpoint(..., preserve_rng_state=)"),
         "models": Option(list, None, items=str, help="models to wrap, e.g. [self.model]"),
+        "autograd": Option(
+            str,
+            "auto",
+            help="off: the wrapped call runs without autograd (nothing kept for a backward "
+            "pass); keep: checkpoint only; auto: off unless the node asks for gradients",
+        ),
     }
 
     def __init__(self, context: CodemodContext, **options: Any) -> None:
@@ -173,24 +135,42 @@ class GradientCheckpointing(QpatchCodemod):
                     f"codemod {self.NAME!r}: option 'models' takes names like self.model, "
                     f"got {name!r}"
                 )
+        if self.options["autograd"] not in _AUTOGRAD_CHOICES:
+            raise BadInput(
+                f"codemod {self.NAME!r}: option 'autograd' must be one of "
+                f"{', '.join(_AUTOGRAD_CHOICES)}, got {self.options['autograd']!r}"
+            )
         self._pending: dict[int, list[tuple[str, bool]]] = {}  # id(line) -> [(model, enabled)]
-        self._earlier_work = False
         self._enable: dict[str, cst.BaseStatement] = {}
 
     def seed_words(self) -> set[str]:
         named = {name.rsplit(".", 1)[-1] for name in self.options["models"] or ()}
-        return {"from_pretrained", *_CHECKPOINT_NAMES} | named
+        return {*_SEEDS, *_CHECKPOINT_NAMES} | named
+
+    def file_seeds(self, text: str) -> set[str]:
+        """Also the file's words that name a class of a known kind (`WanModel(...)`) or a
+        ComfyUI type a DiT arrives as (`"WANVIDEOMODEL"`)."""
+        if self.options["models"] is not None:
+            return self.seed_words()
+        found = set(WORD.findall(text))
+        kinds = {w for w in found if names_a_kind(w)}
+        inputs = {w for w in found if w.isupper() and kind_of_input_type(w) is Kind.DIFFUSION}
+        return self.seed_words() | kinds | inputs
 
     def linked_words(self, node: ast.AST, words: Set[str]) -> set[str]:
-        """Names a model may reach: those assigned from a from_pretrained call (a load) or
-        from a name or attribute in `words` (an alias), as the scan below reads them."""
+        """Names a model may reach: targets assigned from a name in `words` (an alias) or
+        from a call that names one (a load, a helper, `io.Custom("TYPE")`); a function or
+        class that mentions one (its callers, its subclasses); and a class's bases."""
         linked: set[str] = set()
+        named = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        if named and not words.isdisjoint(words_of(node)):
+            linked.add(node.name)
         for sub in ast.walk(node):
+            if isinstance(sub, ast.ClassDef):
+                linked |= {word for base in sub.bases for word in words_of(base)}
             if not isinstance(sub, (ast.Assign, ast.AnnAssign)) or sub.value is None:
                 continue
-            value = sub.value
-            alias = not words.isdisjoint(_last_word(value))
-            if alias or "from_pretrained" in words_of(value):
+            if not words.isdisjoint(_value_words(sub.value)):
                 targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
                 linked |= {word for target in targets for word in _last_word(target)}
         return linked
@@ -198,37 +178,40 @@ class GradientCheckpointing(QpatchCodemod):
     # -- the two passes ------------------------------------------------------------------
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        scan = _Scan(self.options["models"])
-        tree.visit(scan)
-        models = scan.resolve()
-        if not models:
-            only = f" (found only {', '.join(sorted(scan.not_models))}: not models)"
-            raise NothingToPatch(
-                f"{self.path}: no model to patch: looked for a name or attribute assigned "
-                f"from `<anything>.from_pretrained(...)`{only if scan.not_models else ''}",
-                hint="name the model with the codemod option `models`, e.g. [self.model]",
-            )
-        self._models = models
-        self._module = tree
-        # One test per node, not one alternative per model: a node file can load hundreds.
-        model = m.MatchIfTrue(lambda node: _dotted(node) in models)
-        callee = model | m.Attribute(value=model, attr=m.Name("forward"))
-        self._model_call = m.Call(func=callee)
         imported = self._imported_checkpoint(tree)
-        self._checkpoint = imported or self._free_name(scan.names)
+        wrapper = self.context.wrapper
+        assert wrapper is not None and wrapper.module is tree
+        facts = gather(wrapper, imported or "checkpoint")
+        decisions = decide(facts, self.options["models"], self.options["autograd"])
+        self._decisions = decisions
+        self._module = tree
+        if not any(d.wraps for d in decisions.by_call.values()) and not decisions.earlier_work:
+            raise self._nothing_to_patch(decisions, facts)
+        names = _Names()
+        tree.visit(names)
+        self._checkpoint = imported or self._free_name(names.names)
         self._checkpoint_expr = cst.parse_expression(self._checkpoint)
-        self._wrapped_call = m.Call(
-            func=_matcher(self._checkpoint), args=[m.Arg(callee), m.ZeroOrMore()]
-        )
-        # The post's own shape: `checkpoint(custom_forward, ...)` around a model call.
-        self._by_hand = {name for callee, name in scan.passed if callee == self._checkpoint}
-        self._functions: list[str] = []
+        torch_name = self._imported_torch(tree)
+        self._no_grad = cst.parse_expression(f"{torch_name or 'torch'}.no_grad")
         self._wraps = 0
+        self._off = 0
         tree = super().transform_module_impl(tree)
-        if not self._wraps and not self._earlier_work:
-            raise NothingToPatch(
-                f"{self.path}: no call of {', '.join(sorted(models))} to wrap: looked for "
-                "`X(...)` and `X.forward(...)`"
+        for decision in decisions.by_call.values():
+            if not decision.wraps:
+                self.report.find(decision.message, decision.line, decision.severity, decision.code)
+            elif decision.load is not None and decision.load.kind is Kind.UNKNOWN:
+                self.report.find(
+                    f"{decision.callee}(...): its load ({decision.load.evidence}) names a class "
+                    "of no kind qpatch knows; wrapped as the diffusion model, the only model "
+                    "this file calls (name it in the option `models` to be sure)",
+                    decision.line,
+                    code="unknown-kind-wrapped",
+                )
+        for line, model in decisions.one_line_loads:
+            self.report.find(
+                f"{model} is loaded on the same line as its `if`/`with`/...: its own gradient "
+                "checkpointing is not turned on (put the load on a line of its own to get it)",
+                line,
             )
         if self._wraps:
             if not imported:
@@ -238,14 +221,36 @@ class GradientCheckpointing(QpatchCodemod):
                 self.report.change(
                     "import", None, f"add `from {CHECKPOINT_MODULE} import checkpoint{as_alias}`"
                 )
-            self.report.find(
-                "checkpointing saves memory only while autograd is on: ComfyUI runs nodes in "
-                "torch.inference_mode(), where it changes nothing unless the node turns "
-                "autograd back on",
-                severity="info",
-            )
-        self.report.already_applied = self._earlier_work and not self.report.changes
+            if self._off and torch_name is None:
+                tree = self._add_import(tree, ImportItem("torch"))
+                self.report.change("import", None, "add `import torch`")
+        self.report.already_applied = decisions.earlier_work and not self.report.changes
         return tree
+
+    def _nothing_to_patch(self, decisions: Decisions, facts: Facts) -> NothingToPatch:
+        left = [d for d in decisions.by_call.values() if d.load is not None]
+        modelish = (Kind.DIFFUSION, Kind.UNKNOWN)
+        loaded = [
+            f"{t} ({load.evidence})" for _, t, load in facts.loads if load and load.kind in modelish
+        ]
+        if not left and loaded:
+            return NothingToPatch(
+                f"{self.path}: no call of {', '.join(loaded)} to wrap: looked for `X(...)` and "
+                "`X.forward(...)` in the scope that holds it"
+            )
+        if not left:
+            return NothingToPatch(
+                f"{self.path}: no model to patch: looked for a diffusion model (a DiT, UNet or "
+                "transformer) loaded with from_pretrained/from_single_file or built by its "
+                "class, or received as a node input of a DiT type, and for its calls",
+                hint="name the model with the codemod option `models`, e.g. [self.model]",
+            )
+        why = "; ".join(f"line {d.line}: {d.message}" for d in left)
+        return NothingToPatch(
+            f"{self.path}: nothing to wrap: {why}",
+            hint="name the denoiser with the codemod option `models` (e.g. [self.model]) "
+            "where autograd is turned on somewhere this file cannot show",
+        )
 
     def _add_import(self, tree: cst.Module, item: ImportItem) -> cst.Module:
         """libcst's AddImportsVisitor, run on the module's head only: it puts the import after
@@ -256,12 +261,22 @@ class GradientCheckpointing(QpatchCodemod):
         head = AddImportsVisitor(self.context, [item]).transform_module(head)
         return tree.with_changes(body=[*head.body, *tree.body[end + 1 :]])
 
-    def _imported_checkpoint(self, tree: cst.Module) -> str | None:
-        """How the module-level imports already reach checkpoint(), under any alias."""
+    def _gathered(self, tree: cst.Module) -> GatherImportsVisitor:
         gatherer = GatherImportsVisitor(self.context)
         for stmt in tree.body:  # an import inside a function is not visible elsewhere
             if not isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
                 stmt.visit(gatherer)
+        return gatherer
+
+    def _imported_torch(self, tree: cst.Module) -> str | None:
+        gatherer = self._gathered(tree)
+        if alias := gatherer.module_aliases.get("torch"):
+            return alias
+        return "torch" if "torch" in gatherer.module_imports else None
+
+    def _imported_checkpoint(self, tree: cst.Module) -> str | None:
+        """How the module-level imports already reach checkpoint(), under any alias."""
+        gatherer = self._gathered(tree)
         if "checkpoint" in gatherer.object_mapping.get(CHECKPOINT_MODULE, ()):
             return "checkpoint"
         for name, alias in gatherer.alias_mapping.get(CHECKPOINT_MODULE, ()):
@@ -285,18 +300,6 @@ class GradientCheckpointing(QpatchCodemod):
 
     # -- enable statement after each load -------------------------------------------------
 
-    def _loads_in(self, line: cst.SimpleStatementLine | cst.SimpleStatementSuite) -> list[str]:
-        """The models this line loads: the first target of each assignment from
-        from_pretrained (or, for models named in the options, from any call)."""
-        named = self.options["models"] is not None
-        loads = []
-        for stmt in line.body:
-            targets, value = _assignments(stmt)
-            loaded = [t for t in targets if t in self._models]
-            if loaded and (m.matches(value, m.Call()) if named else _loaded_class(value)):
-                loads.append(loaded[0])
-        return loads
-
     def _enables(self, stmt: cst.CSTNode | None, model: str) -> bool:
         """Whether `stmt` turns on `model`'s gradient checkpointing (ours, or the model's
         own switch called by hand)."""
@@ -318,7 +321,8 @@ class GradientCheckpointing(QpatchCodemod):
     def _note_loads(self, body: Sequence[cst.BaseStatement]) -> None:
         """Which load lines need an enable statement: not those followed by one already."""
         for i, stmt in enumerate(body):
-            if isinstance(stmt, cst.SimpleStatementLine) and (loads := self._loads_in(stmt)):
+            loads = self._decisions.enable_after.get(id(stmt))
+            if loads:
                 after = body[i + 1 : i + 1 + len(loads)]
                 self._pending[id(stmt)] = [
                     (model, any(self._enables(s, model) for s in after)) for model in loads
@@ -330,27 +334,18 @@ class GradientCheckpointing(QpatchCodemod):
     def visit_IndentedBlock(self, node: cst.IndentedBlock) -> None:
         self._note_loads(node.body)
 
-    def visit_SimpleStatementSuite(self, node: cst.SimpleStatementSuite) -> None:
-        for model in self._loads_in(node):
-            self.report.find(
-                f"{model} is loaded on the same line as its `if`/`with`/...: its own gradient "
-                "checkpointing is not turned on (put the load on a line of its own to get it)",
-                self.line(node),
-            )
-
     def leave_SimpleStatementLine(
         self, original_node: cst.SimpleStatementLine, updated_node: cst.SimpleStatementLine
     ) -> cst.SimpleStatementLine | cst.FlattenSentinel[cst.BaseStatement]:
         enables = []
         for model, enabled in self._pending.get(id(original_node), ()):
             if enabled:
-                self._earlier_work = True
                 continue
             self.report.change(
                 "enable-checkpointing",
                 self.line(original_node),
                 f"{model}: turn on the model's own gradient checkpointing right after it is "
-                "loaded (harmless on a model without it)",
+                "loaded, for the node's backward pass (harmless on a model without it)",
             )
             if model not in self._enable:
                 self._enable[model] = self.statement(_ENABLE.replace("MODEL", model), self._module)
@@ -359,48 +354,39 @@ class GradientCheckpointing(QpatchCodemod):
 
     # -- wrapping each call ---------------------------------------------------------------
 
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self._functions.append(node.name.value)
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        return id(node) in self._decisions.touched  # nothing to rewrite in the others
 
-    def leave_FunctionDef(
-        self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
-    ) -> cst.FunctionDef:
-        self._functions.pop()
-        return updated_node
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return id(node) in self._decisions.touched
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
-        if m.matches(original_node, self._wrapped_call):
-            self._earlier_work = True
-            return updated_node
-        if not m.matches(updated_node, self._model_call):
-            return updated_node
-        called = cst.Module([]).code_for_node(updated_node.func)
-        line = self.line(original_node)
-        if self._by_hand.intersection(self._functions):
-            self._earlier_work = True  # wrapping again would recompute it twice
-            self.report.find(
-                f"{called}(...) already runs under checkpoint (its function is passed to "
-                f"{self._checkpoint}()): left as it is",
-                line,
-                "info",
-            )
-            return updated_node
-        taken = {a.keyword.value for a in updated_node.args if a.keyword} & _CHECKPOINT_KEYWORDS
-        if taken:
-            self.report.find(
-                f"{called}(...) passes {', '.join(sorted(taken))}, a keyword of checkpoint() "
-                "itself: left unwrapped",
-                line,
-            )
+        decision = self._decisions.by_call.get(id(original_node))
+        if decision is None or not decision.wraps:
             return updated_node
         self._wraps += 1
-        self.report.change(
-            "checkpoint-wrap",
-            line,
-            f"{called}(...) now runs under torch.utils.checkpoint: activations are recomputed "
-            "when needed instead of kept",
+        off = decision.mode is Mode.OFF
+        self._off += off
+        self.report.change("checkpoint-wrap", decision.line, self._wrap_words(decision))
+        wrapper = self._checkpoint_expr
+        if off:  # torch.no_grad()(checkpoint): the checkpointed call, without autograd
+            wrapper = cst.Call(cst.Call(self._no_grad), args=[cst.Arg(wrapper)])
+        return _wrapped(updated_node, wrapper, self._extra_args())
+
+    def _wrap_words(self, decision: Decision) -> str:
+        chosen = self.options["autograd"] != "auto"
+        if decision.mode is Mode.OFF:
+            why = "as the patch asks" if chosen else "the node never asks for gradients"
+            return (
+                f"{decision.message} now runs under torch.utils.checkpoint without autograd "
+                f"(autograd: off, {why}): it keeps nothing for a backward pass that never "
+                "comes, at any step count"
+            )
+        why = "as the patch asks" if chosen else "the node asks for gradients"
+        return (
+            f"{decision.message} now runs under torch.utils.checkpoint (autograd: keep, {why}): "
+            "activations are recomputed in the backward pass instead of kept"
         )
-        return _wrapped(updated_node, self._checkpoint_expr, self._extra_args())
 
     def _extra_args(self) -> list[cst.Arg]:
         keywords = {"use_reentrant": self.options["use_reentrant"]}

@@ -24,7 +24,7 @@ from qpatch.report import Report
 
 _MARKER = "__qpatch_segment__"
 _MARKER_LINE = re.compile(rf"^{_MARKER} = \d+(?:\r\n|\r|\n)", re.M)
-_WORD = re.compile(r"[^\W\d]\w*")
+WORD = re.compile(r"[^\W\d]\w*")
 
 LinkedWords = Callable[[ast.AST, Set[str]], Set[str]]
 
@@ -95,7 +95,7 @@ def plan(text: str, seeds: Set[str], linked_words: LinkedWords) -> SegmentPlan:
     lines = _lines(text)
     starts = sorted({_first_line(stmt) - 1 for stmt in tree.body} | {0})
     bounds = list(zip(starts, [*starts[1:], len(lines)], strict=True))
-    words = [set(_WORD.findall("".join(lines[a:b]))) for a, b in bounds]
+    words = [set(WORD.findall("".join(lines[a:b]))) for a, b in bounds]
     segment_of = {start: i for i, start in enumerate(starts)}
     statements: list[list[ast.stmt]] = [[] for _ in bounds]
     for stmt in tree.body:

@@ -276,6 +276,26 @@ def cpu_workflows(folder: Path) -> dict[str, Path]:
     return {"grad_on": grad_on, "inference": path, "oom": WORKFLOWS / CPU_OOM_WORKFLOW}
 
 
+#: Step counts of the chained-loop proof (issue 10): real samplers run 20 to 50 steps.
+CHAINED_STEPS = (20, 50)
+
+
+def chained_workflows(folder: Path, base: Path) -> dict[str, Path]:
+    """`base` as a chained sampling loop (`latents = latents - k * noise_pred`, no detach) at
+    each of CHAINED_STEPS: autograd on (what the patch is for) and off (its floor)."""
+    found: dict[str, Path] = {}
+    for steps in CHAINED_STEPS:
+        for kind, autograd in (("chained", True), ("chained_floor", False)):
+            workflow = json.loads(base.read_text())
+            for node in workflow.values():
+                if node.get("class_type") == "QwenImageLoader":
+                    node["inputs"].update(steps=steps, autograd=autograd, chained=True)
+            path = folder / f"qwen_image_{kind}_{steps}.json"
+            write_text(path, json.dumps(workflow, indent=2) + "\n")
+            found[f"{kind}_{steps}"] = path
+    return found
+
+
 def free_port() -> int:
     """Not 8188: a ComfyUI of the machine's own may hold that one."""
     with socket.socket() as s:
@@ -339,6 +359,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyBed]:
         if ON_CPU
         else {name: WORKFLOWS / file for name, file in GPU_WORKFLOWS.items()}
     )
+    workflows.update(chained_workflows(tmp, workflows["grad_on"]))
     port = free_port()
     root = prepare_root(comfyui_source(), tmp, port, cpu=ON_CPU)
     precreate_weights(root, list(workflows.values()), "cpu" if ON_CPU else "cuda")

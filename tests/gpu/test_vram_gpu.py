@@ -10,7 +10,10 @@ a. grad-on node: the patch at least halves the peak of ComfyUI's processes (NVML
 b. inference-mode node: no significant change (±5%), since there are no activations to drop;
 c. the patched grad-on node sits on the inference-mode floor: peak ≤ 1.02×, step ≤ 1.03×;
 d. a workflow that needs more than the device has runs out of memory unpatched, and that
-   baseline is a result: the patched run completes, and verify --expect-saving counts it.
+   baseline is a result: the patched run completes, and verify --expect-saving counts it;
+e. a chained sampling loop (latents from the previous step's output, no detach) at 20 and
+   50 steps: the patch (autograd: off, the node never asks for gradients) sits on the
+   floor of the same loop run without autograd: peak <= 1.02x, step <= 1.03x, same output.
 
 The tests run in this order on one server (tests/gpu/conftest.py); c compares what a and b
 measured. Each apply/verify/rollback prints its tables as it runs (`pytest -s`).
@@ -23,7 +26,7 @@ from typing import Any
 import pytest
 
 from qpatch import vram
-from tests.gpu.conftest import ON_CPU, CliRun, ComfyBed, sha256_file
+from tests.gpu.conftest import CHAINED_STEPS, ON_CPU, CliRun, ComfyBed, sha256_file
 
 torch = pytest.importorskip("torch", reason="ComfyUI needs torch; this machine has none")
 
@@ -169,3 +172,76 @@ def test_out_of_memory_unpatched_completes_patched(bed: ComfyBed) -> None:
     after = runs["apply"].result["measurements"]["after"]
     total = after["device_total"]["value"]
     assert after["target_peak"]["value"] < 0.25 * total, comparison["verdict"]
+
+
+@pytest.mark.parametrize("steps", CHAINED_STEPS)
+def test_chained_loop_patched_sits_on_the_floor_at_any_step_count(
+    bed: ComfyBed, steps: int
+) -> None:
+    """The floor (the loop without autograd) is measured on the unpatched server and saved
+    as a baseline; apply --measure patches the grad-on loop; `verify --baseline` then runs it
+    patched with the floor's seed and compares the two; rollback restores the files."""
+    floor_name = f"chained-floor-{steps}"
+    workflow = str(bed.workflows[f"chained_{steps}"])
+    before = bed.hashes()
+    runs: dict[str, CliRun] = {}
+    try:
+        runs["floor"] = bed.qpatch(
+            floor_name,
+            "measure",
+            bed.ref,
+            "--workflow",
+            str(bed.workflows[f"chained_floor_{steps}"]),
+            "--save",
+            floor_name,
+            timeout=VERIFY_TIMEOUT_S,
+        )
+        assert runs["floor"].code == 0, runs["floor"].explain()
+        runs["apply"] = bed.qpatch(
+            f"chained-{steps}-apply",
+            "apply",
+            bed.ref,
+            "--measure",
+            workflow,
+            timeout=APPLY_TIMEOUT_S,
+        )
+        assert runs["apply"].code == 0, runs["apply"].explain()
+        runs["verify"] = bed.qpatch(
+            f"chained-{steps}-verify",
+            "verify",
+            "--workflow",
+            workflow,
+            "--baseline",
+            floor_name,
+            timeout=VERIFY_TIMEOUT_S,
+        )
+    finally:
+        runs["rollback"] = bed.qpatch(
+            f"chained-{steps}-rollback", "rollback", bed.ref, timeout=ROLLBACK_TIMEOUT_S
+        )
+    assert runs["rollback"].code == 0, runs["rollback"].explain()
+    assert bed.hashes() == before, "rollback did not restore the patched files byte-exact"
+    applied = runs["apply"].result["comparison"]
+    bed.record(
+        f"chained-{steps}-unpatched-vs-patched",
+        f"chained loop, {steps} steps, autograd on: unpatched -> patched\n"
+        + vram.compare(
+            *(runs["apply"].result["measurements"][k] for k in ("baseline", "after"))
+        ).table(),
+    )
+    assert applied["after_outcome"] == "completed", applied["verdict"]
+    verified = runs["verify"]
+    assert verified.code == 0, verified.explain()
+    c = verified.result["comparison"]
+    floor = vram.compare(runs["floor"].result["measurement"], verified.result["measurement"])
+    bed.record(
+        f"chained-{steps}-floor-vs-patched",
+        f"chained loop, {steps} steps: floor (autograd off, unpatched) -> autograd on, "
+        f"patched\n{floor.table()}",
+    )
+    assert c["same_output"] is True, "the patch changed the loop's output"
+    if bed.on_cpu:
+        return
+    assert ratio(c, "target_peak") <= 1.02, c["verdict"]
+    assert ratio(c, "node_peak_allocated") <= 1.02, c["verdict"]
+    assert ratio(c, "node_step_time") <= 1.03, c["verdict"]

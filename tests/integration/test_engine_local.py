@@ -63,7 +63,7 @@ def test_local_round_trip_without_restart(comfy_root: Path, tmp_path: Path) -> N
         assert after == {
             str(Path(f["path"]).relative_to(comfy_root)): f["sha256_after"] for f in result["files"]
         }
-        assert "checkpoint(self.model" in (comfy_root / NODE).read_text()
+        assert "(checkpoint)(self.model" in (comfy_root / NODE).read_text()
         assert "--disable-cuda-malloc" in (comfy_root / START).read_text()
         assert (comfy_root / START).stat().st_mode == mode
 

@@ -243,6 +243,19 @@ def test_run_without_autograd_keeps_no_graph_and_gives_the_same_output(
     assert other_seed["output_checksum"] != pytest.approx(on["output_checksum"], rel=1e-5)
 
 
+def test_chained_loop_gives_the_same_output(pkg: Any, tmp_path: Path) -> None:
+    """`chained` is the sampler as real nodes write it (no detach between steps): the same
+    numbers; what it keeps alive on a GPU is measured by tests/gpu, not asserted here."""
+    node_cls = pkg.NODE_CLASS_MAPPINGS["QwenImageLoader"]
+    node = node_cls()
+    reports = [
+        execute(node, **defaults(node_cls, model_name=str(tmp_path), steps=4), chained=chained)
+        for chained in (False, True)
+    ]
+    assert [r["chained"] for r in reports] == [False, True]
+    assert reports[1]["output_checksum"] == pytest.approx(reports[0]["output_checksum"], rel=1e-5)
+
+
 def test_every_execution_reloads_and_is_counted(
     pkg: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,7 +14,10 @@ output cache is what spares a reload when a prompt repeats; every load prints
 Like some community nodes it turns autograd back on inside ComfyUI's inference mode
 (``autograd`` input, default on): that is the case where activations pile up and where
 wrapping the model call in ``torch.utils.checkpoint`` saves memory. With ``autograd`` off
-it runs as plain inference and checkpointing can save nothing.
+it runs as plain inference and checkpointing can save nothing. With ``chained`` on, each
+step's latents are computed from the previous step's output without detaching, as real
+samplers write ``latents = latents - k * noise_pred``: with autograd on, every step's graph
+then stays alive until the node returns.
 
 On a GPU a large enough workflow really runs out of memory. To reach the same path on a
 CPU, the optional ``memory_budget_mb`` input caps what autograd may keep for a backward
@@ -153,6 +156,7 @@ class QwenImageLoader:
             },
             "optional": {
                 "memory_budget_mb": ("INT", {"default": 0, "min": 0, "max": 1 << 30}),
+                "chained": ("BOOLEAN", {"default": False}),
             },
         }
 
@@ -189,6 +193,7 @@ class QwenImageLoader:
         autograd: bool,
         seed: int,
         memory_budget_mb: int = 0,
+        chained: bool = False,
     ) -> dict[str, Any]:
         """Load, run `steps` steps, and report to /history: peak memory covers the weights
         plus one step (outputs are dropped between steps), the checksum lets a patched run
@@ -229,8 +234,11 @@ class QwenImageLoader:
                 step_times.append(time.perf_counter() - started)
                 checksum = float(output.detach().float().sum())
                 has_graph = output.grad_fn is not None
-                # Euler step; detached so no step keeps the previous one's graph alive.
-                pixel_values = (pixel_values - output.detach() / steps).detach()
+                if chained:  # Euler step as real samplers write it: with autograd on, each
+                    # step's graph stays reachable from the latents (what the patch must undo)
+                    pixel_values = pixel_values - output / steps
+                else:  # detached, so no step keeps the previous one's graph alive
+                    pixel_values = (pixel_values - output.detach() / steps).detach()
                 del output  # free this step's activations before the next step
 
         result = {
@@ -244,6 +252,7 @@ class QwenImageLoader:
             "device": str(self.device),
             "dtype": dtype,
             "autograd": autograd,
+            "chained": chained,
             "model_path": os.fspath(model_path),
             "params": config.param_count(),
         }

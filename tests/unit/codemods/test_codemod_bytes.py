@@ -24,6 +24,7 @@ class QwenImageLoader:
     def INPUT_TYPES(cls):
         return {"required": {"model_path": ("STRING",)}}
 
+    @torch.inference_mode(False)
     def run(self, model_path, x):
         self.model = QwenImageModel.from_pretrained(model_path)  # 加载模型
         self.model.eval()
@@ -43,15 +44,12 @@ class QwenImageLoader:
     def INPUT_TYPES(cls):
         return {"required": {"model_path": ("STRING",)}}
 
+    @torch.inference_mode(False)
     def run(self, model_path, x):
         self.model = QwenImageModel.from_pretrained(model_path)  # 加载模型
-        try:  # qpatch: turn on the model's own gradient checkpointing; harmless where it has none
-            (getattr(self.model, "enable_gradient_checkpointing", None) or self.model.gradient_checkpointing_enable)()
-        except Exception:
-            [setattr(m, "gradient_checkpointing", True) for m in getattr(self.model, "modules", list)() if hasattr(m, "gradient_checkpointing")]
         self.model.eval()
-        return (checkpoint(self.model, x, use_reentrant=False),)  # 前向
-"""  # noqa: E501
+        return (torch.no_grad()(checkpoint)(self.model, x, use_reentrant=False),)  # 前向
+"""
 
 BOM = b"\xef\xbb\xbf"
 GBK = "# -*- coding: gbk -*-\n"
@@ -106,33 +104,35 @@ def test_gbk_output_is_still_gbk() -> None:
 
 def test_report_says_what_changed_where() -> None:
     _, report = run_codemod("gradient-checkpointing", SOURCE.encode(), path="n.py")
-    assert [(c.kind, c.line) for c in report.changes] == [
-        ("enable-checkpointing", 13),
-        ("checkpoint-wrap", 15),
-        ("import", None),
-    ]
-    assert str(report.changes[1]) == (
-        "line 15: self.model(...) now runs under torch.utils.checkpoint: activations are "
-        "recomputed when needed instead of kept"
+    assert [(c.kind, c.line) for c in report.changes] == [("checkpoint-wrap", 16), ("import", None)]
+    assert str(report.changes[0]) == (
+        "line 16: self.model(...) (diffusion model: QwenImageModel.from_pretrained(...), line 14) "
+        "now runs under torch.utils.checkpoint without autograd (autograd: off, the node never "
+        "asks for gradients): it keeps nothing for a backward pass that never comes, at any step "
+        "count"
     )
-    assert [f.severity for f in report.findings] == ["info"]
-    assert "torch.inference_mode()" in report.findings[0].message
+    assert report.findings == []
     assert report.to_json()["already_applied"] is False
 
 
 def test_load_on_the_line_of_its_if_is_reported() -> None:
-    source = b"if True: model = M.from_pretrained('m')\ny = model(1)\n"
-    out, report = run_codemod("gradient-checkpointing", source, path="n.py")
+    source = b"import torch\nif True: model = WanModel.from_pretrained('m')\ntorch.inference_mode(False)\n"
+    source += b"y = model(1)\n"
+    out, report = run_codemod(
+        "gradient-checkpointing", source, path="n.py", options={"autograd": "keep"}
+    )
     assert b"checkpoint(model, 1, use_reentrant=False)" in out
-    assert str(report.findings[0]).startswith("warning: line 1: model is loaded on the same line")
+    assert str(report.findings[0]).startswith("warning: line 2: model is loaded on the same line")
 
 
 def test_call_passing_a_checkpoint_keyword_is_reported() -> None:
-    source = b"model = M.from_pretrained('m')\ny = model(1)\nz = model(2, debug=True)\n"
+    source = b"@torch.inference_mode(False)\ndef run():\n    model = WanModel.from_pretrained('m')\n"
+    source += b"    y = model(1)\n    z = model(2, debug=True)\n"
     _, report = run_codemod("gradient-checkpointing", source, path="n.py")
     assert str(report.findings[0]) == (
-        "warning: line 3: model(...) passes debug, a keyword of checkpoint() itself: left unwrapped"
+        "warning: line 5: model(...) passes debug, a keyword of checkpoint() itself: left unwrapped"
     )
+    assert report.findings[0].code == "checkpoint-keyword"
 
 
 # -- a big file: only part of it goes through libcst, with the same result ------------------
@@ -168,7 +168,7 @@ def whole_file_rewrite(name: str, text: str) -> tuple[str, list[str]]:
 def test_big_file_rewrites_as_the_whole_file_would(name: str) -> None:
     text = SOURCE + "".join(HELPER.format(i=i) for i in range(300)) + SECOND
     transform = CODEMODS[name](CodemodContext())
-    assert len(plan(text, transform.seed_words(), transform.linked_words).text) < len(text) / 5
+    assert len(plan(text, transform.file_seeds(text), transform.linked_words).text) < len(text) / 5
     out, report = run_codemod(name, text.encode(), path="big.py")
     assert (out.decode(), [str(c) for c in report.changes]) == whole_file_rewrite(name, text)
 
@@ -176,11 +176,12 @@ def test_big_file_rewrites_as_the_whole_file_would(name: str) -> None:
 def test_module_level_load_as_the_last_line_without_newline() -> None:
     source = textwrap.dedent(
         """\
+        @torch.inference_mode(False)
         def run(x):
             return model(x)
 
         model = M.from_pretrained("m")"""
     ).encode()
-    out = rewrite("gradient-checkpointing", source)
+    out = rewrite("gradient-checkpointing", source, autograd="keep")
     assert out.endswith(b'if hasattr(m, "gradient_checkpointing")]')
-    assert rewrite("gradient-checkpointing", out) == out
+    assert rewrite("gradient-checkpointing", out, autograd="keep") == out

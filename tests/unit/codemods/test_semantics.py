@@ -1,8 +1,9 @@
 """The rewritten loader, run for real on CPU torch next to the original.
 
 The same numbers come out; with autograd on (as a node turns it on inside ComfyUI's
-inference mode) fewer tensors are kept for backward, which is the point of the patch; and
-IS_CHANGED stays equal until the model's files change.
+inference mode) the default rewrite keeps for backward exactly what the inference run keeps
+(nothing) at 1, 5 or 50 chained steps, and `autograd: keep` keeps fewer tensors than the
+original with the same gradient; and IS_CHANGED stays equal until the model's files change.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class TinyDiT(nn.Module):
 '''
 
 LOADER = '''
-"""A node shaped like the community Qwen-Image loader (加载器)."""
+"""A node shaped like the community Qwen-Image loader (加载器): a chained sampling loop."""
 
 import torch
 
@@ -83,12 +84,13 @@ class TinyLoader:
         self.model = TinyDiT.from_pretrained(model_path)
         self.model.eval()
 
-    def run(self, model_path, steps, x):
+    def run(self, model_path, steps, x, autograd=True):
         self.load(model_path)
-        for i in range(steps):
-            t = torch.full((x.shape[0],), 1.0 - i / steps)
-            x = x - self.model(x, t, scale=0.5) / steps
-        return (self.model.forward(x),)
+        with torch.inference_mode(not autograd), torch.set_grad_enabled(autograd):
+            for i in range(steps):
+                t = torch.full((x.shape[0],), 1.0 - i / steps)
+                x = x - self.model(x, t, scale=0.5) / steps  # chained: no detach
+            return (self.model.forward(x),)
 '''
 
 
@@ -113,22 +115,33 @@ def weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+def patched_loader(tmp_path: Path, name: str, **options: Any) -> Any:
+    """The node class as both codemods rewrite it, checkpointing with `options`."""
+    source, _ = run_codemod("gradient-checkpointing", LOADER.encode(), path="l.py", options=options)
+    source, _ = run_codemod("is-changed", source, path="loader.py")
+    (tmp_path / f"{name}.py").write_bytes(source)
+    return import_file(tmp_path / f"{name}.py", f"loader_{name}").TinyLoader
+
+
 @pytest.fixture
-def loaders(tmp_path: Path, weights: Path) -> tuple[Any, Any]:
-    """The node class as written, and as both codemods rewrite it."""
+def loaders(tmp_path: Path, weights: Path) -> tuple[Any, Any, Any]:
+    """The node class as written, patched by default (autograd: auto, so off: the node never
+    asks for gradients), and patched with autograd: keep (checkpoint only)."""
     (tmp_path / "original.py").write_text(LOADER)
-    source = LOADER.encode()
-    for name in ("gradient-checkpointing", "is-changed"):
-        source, _ = run_codemod(name, source, path="loader.py")
-    (tmp_path / "patched.py").write_bytes(source)
     original = import_file(tmp_path / "original.py", "loader_original").TinyLoader
-    patched = import_file(tmp_path / "patched.py", "loader_patched").TinyLoader
-    return original, patched
+    return (
+        original,
+        patched_loader(tmp_path, "auto"),
+        patched_loader(tmp_path, "keep", autograd="keep"),
+    )
 
 
-def run_node(node_class: Any, weights: Path, *, autograd: bool) -> tuple[Any, Any, int]:
-    """Run the node as ComfyUI does (inside inference mode), with autograd turned back on
-    like some nodes do when `autograd`; returns output, node and tensors saved for backward."""
+def run_node(
+    node_class: Any, weights: Path, *, autograd: bool, steps: int = 2, backward: bool = False
+) -> tuple[Any, Any, int]:
+    """Run the node as ComfyUI does (inside inference mode; with `autograd` the node turns it
+    back on); returns the output (and the input's gradient after `backward`), the node, and
+    how many tensors autograd saved for a backward pass."""
     saved = 0
 
     def pack(tensor: Any) -> Any:
@@ -139,28 +152,50 @@ def run_node(node_class: Any, weights: Path, *, autograd: bool) -> tuple[Any, An
     node = node_class()
     with torch.inference_mode():
         if not autograd:
-            return node.run(str(weights), 2, torch.ones(2, 4, 16))[0], node, saved
+            return node.run(str(weights), steps, torch.ones(2, 4, 16), False)[0], node, saved
         with torch.inference_mode(False), torch.enable_grad():
-            x = torch.ones(2, 4, 16, requires_grad=True)
+            x = torch.ones(2, 4, 16, requires_grad=backward)
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-                out = node.run(str(weights), 2, x)[0]
-            out.sum().backward()
-            return (out.detach(), x.grad), node, saved
+                out = node.run(str(weights), steps, x)[0]
+            if backward:
+                out.sum().backward()
+                return (out.detach(), x.grad), node, saved
+            return out.detach(), node, saved
 
 
-def test_same_output_in_inference_mode(loaders: tuple[Any, Any], weights: Path) -> None:
-    original, patched = loaders
+def test_same_output_in_inference_mode(loaders: tuple[Any, Any, Any], weights: Path) -> None:
+    original, *patched = loaders
     expected, _, _ = run_node(original, weights, autograd=False)
-    actual, _, _ = run_node(patched, weights, autograd=False)
-    assert torch.equal(actual, expected)
+    for node_class in patched:
+        actual, _, _ = run_node(node_class, weights, autograd=False)
+        assert torch.equal(actual, expected)
 
 
-def test_with_autograd_on_same_output_and_gradient_fewer_saved_tensors(
-    loaders: tuple[Any, Any], weights: Path
+@pytest.mark.parametrize("steps", [1, 5, 50])
+def test_autograd_off_keeps_what_inference_keeps_at_any_step_count(
+    loaders: tuple[Any, Any, Any], weights: Path, steps: int
 ) -> None:
-    original, patched = loaders
-    (expected, expected_grad), _, saved_before = run_node(original, weights, autograd=True)
-    (actual, actual_grad), node, saved_after = run_node(patched, weights, autograd=True)
+    """The chained loop: unpatched, every step keeps its graph for a backward pass that never
+    comes; checkpointed with autograd kept, one input per step; patched by default, nothing —
+    the same as the inference run — and the output is the same."""
+    original, auto, keep = loaders
+    floor, _, saved_floor = run_node(original, weights, autograd=False, steps=steps)
+    expected, _, saved_before = run_node(original, weights, autograd=True, steps=steps)
+    actual, _, saved_after = run_node(auto, weights, autograd=True, steps=steps)
+    _, _, saved_keep = run_node(keep, weights, autograd=True, steps=steps)
+    assert torch.equal(actual, expected) and torch.equal(actual, floor)
+    assert saved_after == saved_floor == 0
+    assert 0 < saved_keep < saved_before
+
+
+def test_autograd_keep_same_output_and_gradient_fewer_saved_tensors(
+    loaders: tuple[Any, Any, Any], weights: Path
+) -> None:
+    original, _, keep = loaders
+    (expected, expected_grad), _, saved_before = run_node(
+        original, weights, autograd=True, backward=True
+    )
+    (actual, actual_grad), node, saved_after = run_node(keep, weights, autograd=True, backward=True)
     assert torch.equal(actual, expected)
     assert torch.allclose(actual_grad, expected_grad)
     assert saved_after < saved_before
@@ -168,9 +203,9 @@ def test_with_autograd_on_same_output_and_gradient_fewer_saved_tensors(
 
 
 def test_is_changed_is_stable_until_the_model_files_change(
-    loaders: tuple[Any, Any], weights: Path
+    loaders: tuple[Any, Any, Any], weights: Path
 ) -> None:
-    _, patched = loaders
+    _, patched, _ = loaders
     first = patched.IS_CHANGED(model_path=str(weights), steps=2)
     assert first == patched.IS_CHANGED(model_path=str(weights), steps=2)
     assert first != patched.IS_CHANGED(model_path=str(weights), steps=3)
@@ -180,7 +215,10 @@ def test_is_changed_is_stable_until_the_model_files_change(
 
 
 def test_is_changed_finds_a_model_name_under_comfyui_models(
-    loaders: tuple[Any, Any], weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    loaders: tuple[Any, Any, Any],
+    weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Inside ComfyUI the input is a name under models/<folder>/, found via folder_paths."""
     comfy = tmp_path / "comfy"
@@ -191,7 +229,7 @@ def test_is_changed_finds_a_model_name_under_comfyui_models(
     )
     folder_paths = import_file(comfy / "folder_paths.py", "folder_paths")
     monkeypatch.setitem(sys.modules, "folder_paths", folder_paths)  # gone again after the test
-    _, patched = loaders
+    _, patched, _ = loaders
     first = patched.IS_CHANGED(model_path="tiny", steps=2)
     assert str(weights / "weights.pt") in first
     stat = (weights / "weights.pt").stat()
@@ -226,14 +264,30 @@ class TransformersLike:
 
 ENABLE_SOURCE = textwrap.dedent(
     """\
-    def load(factory):
-        model = factory.from_pretrained("weights")
-        return model
+    import torch
 
-    def run(model, x):
-        return model(x)
+
+    class Node:
+        def load(self, factory):
+            self.model = factory.from_pretrained("weights")
+            return self.model
+
+        @torch.inference_mode(False)
+        def run(self, x):
+            return self.model(x)
     """
 ).encode()
+
+
+def enable_node() -> Any:
+    """ENABLE_SOURCE's node, checkpointed with autograd kept (where the statement goes in)."""
+    rewritten, _ = run_codemod(
+        "gradient-checkpointing", ENABLE_SOURCE, path="n.py", options={"autograd": "keep"}
+    )
+    assert b"enable_gradient_checkpointing" in rewritten
+    namespace: dict[str, Any] = {}
+    exec(compile(rewritten, "n.py", "exec"), namespace)
+    return namespace["Node"]()
 
 
 @pytest.mark.parametrize(
@@ -242,27 +296,24 @@ ENABLE_SOURCE = textwrap.dedent(
     ids=repr,
 )
 def test_enable_statement_is_harmless_on_any_object(loaded: object) -> None:
-    rewritten, _ = run_codemod("gradient-checkpointing", ENABLE_SOURCE, path="n.py")
-    namespace: dict[str, Any] = {}
-    exec(compile(rewritten, "n.py", "exec"), namespace)
-    assert namespace["load"](types.SimpleNamespace(from_pretrained=lambda path: loaded)) is loaded
+    node = enable_node()
+    assert node.load(types.SimpleNamespace(from_pretrained=lambda path: loaded)) is loaded
     assert getattr(loaded, "switched", True)
 
 
 def test_enable_statement_on_modules_without_the_flag() -> None:
-    rewritten, _ = run_codemod("gradient-checkpointing", ENABLE_SOURCE, path="n.py")
-    namespace: dict[str, Any] = {}
-    exec(compile(rewritten, "n.py", "exec"), namespace)
+    node = enable_node()
     linear = torch.nn.Linear(2, 2)
-    assert namespace["load"](types.SimpleNamespace(from_pretrained=lambda path: linear)) is linear
+    assert node.load(types.SimpleNamespace(from_pretrained=lambda path: linear)) is linear
     assert not hasattr(linear, "gradient_checkpointing")
     x = torch.ones(1, 2, requires_grad=True)
-    assert torch.equal(namespace["run"](linear, x), linear(x))
+    assert torch.equal(node.run(x), linear(x))
 
 
 def test_forward_call_still_skips_module_hooks() -> None:
     """`X.forward(...)` bypasses nn.Module hooks; `checkpoint(X.forward, ...)` must too."""
-    source = b"model = M.from_pretrained('m')\n\ndef run(x):\n    return model.forward(x)\n"
+    source = b"import torch\nmodel = M.from_pretrained('m')\n\n@torch.inference_mode(False)\n"
+    source += b"def run(x):\n    return model.forward(x)\n"
     rewritten, _ = run_codemod("gradient-checkpointing", source, path="n.py")
     linear = torch.nn.Linear(2, 2)
     linear.register_forward_hook(lambda module, args, output: output * 0)
