@@ -6,14 +6,23 @@ On a CUDA build of torch >= 2.0 ComfyUI runs the cudaMallocAsync backend unless
 `max_split_size_mb`) then do nothing, which is why qpatch's patch adds
 `--disable-cuda-malloc` next to them. The torch version and build are read from torch's
 version.py without importing torch: once torch is imported the variable is fixed.
+
+With COMFYUI_STANDIN_PROFILE=current it does what upstream master's cuda_malloc.py does
+instead (comfy/profile.py decides): `expandable_segments:True` is taken out of the variable
+every time, the backend is chosen from the torch version string (and, on CUDA 12 and older,
+the card's name), and an empty variable is unset. Neither profile prints a line here; the
+backend shows in model_management's `Device: ... : cudaMallocAsync` line.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+from collections.abc import MutableMapping
 from pathlib import Path
 
+from comfy import profile
 from comfy.cli_args import args
 
 ENV = "PYTORCH_CUDA_ALLOC_CONF"
@@ -42,12 +51,34 @@ def async_by_default() -> bool:
     return major >= 2 and cuda is not None and not args.cpu
 
 
-def configure() -> bool:
+def conf_0141(value: str | None, wanted: bool) -> str | None:
+    """0.14.1's new value of the variable: the backend appended when wanted, else as it was."""
+    if not wanted:
+        return value
+    return ASYNC if not value else f"{value},{ASYNC}"
+
+
+def gpu_names() -> list[str]:
+    """`nvidia-smi -L` names (upstream's way, before torch); none when it cannot run."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.split(" (UUID")[0] for line in out.splitlines() if line]
+
+
+def configure(environ: MutableMapping[str, str] = os.environ) -> bool:
     """Set the variable; True when the cudaMallocAsync backend was asked for."""
+    if profile.CURRENT:
+        wanted = profile.cuda_malloc_current(args, torch_build()[0], gpu_names)
+        args.cuda_malloc = wanted
+        profile.apply_alloc_conf(environ, profile.alloc_conf_current(environ.get(ENV), wanted))
+        return wanted
     wanted = (args.cuda_malloc or async_by_default()) and not args.disable_cuda_malloc
     if wanted:
-        current = os.environ.get(ENV)
-        os.environ[ENV] = ASYNC if not current else f"{current},{ASYNC}"
+        environ[ENV] = conf_0141(environ.get(ENV), wanted)
     return wanted
 
 

@@ -9,7 +9,9 @@ group (`--cpu --lowvram`). The help strings are ours; the flag list follows upst
 comfy/cli_args.py of that release (qpatch's tests compare the two `--help` outputs).
 
 Parsing happens at import, before torch is imported, so `--help` answers in a fraction of a
-second.
+second. With COMFYUI_STANDIN_PROFILE=current the parser is upstream master's instead
+(comfy/cli_args_current.py; see comfy/profile.py), and so are the enums and
+`enables_dynamic_vram()` that this module then exports.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 import enum
 
-from comfy import options
+from comfy import options, profile
 
 
 class LatentPreviewMethod(enum.Enum):
@@ -332,12 +334,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-parser = build_parser()
-args = parser.parse_args() if options.args_parsing else parser.parse_args([])
+if profile.CURRENT:
+    from comfy import cli_args_current as _current
 
-if args.windows_standalone_build:
-    args.auto_launch = True
-if args.disable_auto_launch:
-    args.auto_launch = False
-if args.force_fp16:
-    args.fp16_unet = True
+    LatentPreviewMethod = _current.LatentPreviewMethod  # type: ignore[misc]  # noqa: F811
+    PerformanceFeature = _current.PerformanceFeature  # type: ignore[misc]  # noqa: F811
+    parser = _current.build_parser()
+    args = parser.parse_args() if options.args_parsing else parser.parse_args([])
+    args = _current.finish(parser, args)
+
+    def enables_dynamic_vram() -> bool:
+        return profile.dynamic_vram_requested(args)
+
+else:
+    parser = build_parser()
+    args = parser.parse_args() if options.args_parsing else parser.parse_args([])
+
+    if args.windows_standalone_build:
+        args.auto_launch = True
+    if args.disable_auto_launch:
+        args.auto_launch = False
+    if args.force_fp16:
+        args.fp16_unet = True

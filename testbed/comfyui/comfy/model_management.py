@@ -6,6 +6,11 @@ on CUDA `vram_*` is the device as the driver sees it plus what torch's caching a
 holds free, `torch_vram_*` what torch reserved and holds free; on the CPU both are RAM.
 The memory flags (`--lowvram`, `--novram`, ...) set the logged VRAM state only: the
 stand-in loads no model of its own to split.
+
+Under COMFYUI_STANDIN_PROFILE=current, start-up also decides Dynamic VRAM (`init_dynamic_vram`,
+called by main.py after this module has logged its lines, as upstream's main.py does) and logs
+upstream master's other memory lines: async offload streams, the pinned-memory ceiling,
+smart memory off. The decisions are comfy/profile.py's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import platform
 
 import torch
 
+from comfy import profile
 from comfy.cli_args import args
 
 
@@ -54,6 +60,49 @@ def _vram_state() -> VRAMState:
 
 
 vram_state = _vram_state()
+
+#: Whether Dynamic VRAM came on (current profile only; see init_dynamic_vram).
+dynamic_vram = False
+#: Whether --lowvram changes how models load (never under Dynamic VRAM).
+lowvram_active = bool(args.lowvram)
+
+
+def gpu_vendor() -> str:
+    """The device kind profile.py's decisions take: nvidia, amd, cpu or other."""
+    if cpu_state == CPUState.CPU:
+        return "cpu"
+    if torch.version.cuda:
+        return "nvidia"
+    if getattr(torch.version, "hip", None):
+        return "amd"
+    return "other"
+
+
+def _version_pair(text: str | None) -> tuple[int, int] | None:
+    try:
+        major, minor = str(text).split(".")[:2]
+        return int(major), int(minor.split("+")[0])
+    except ValueError:
+        return None
+
+
+def device_facts() -> profile.DeviceFacts:
+    return profile.DeviceFacts(
+        vendor=gpu_vendor(),
+        torch_version=_version_pair(torch.version.__version__) or (0, 0),
+        rocm_version=_version_pair(getattr(torch.version, "hip", None)),
+    )
+
+
+def init_dynamic_vram() -> profile.DynamicVRAM:
+    """Decide Dynamic VRAM (current profile), log upstream's line for it, remember it."""
+    global dynamic_vram, lowvram_active
+    decision = profile.decide_dynamic_vram(args, device_facts())
+    for level, message in decision.messages:
+        logging.log(level, message)
+    dynamic_vram = decision.enabled
+    lowvram_active = profile.lowvram_effective(args, dynamic_vram)
+    return decision
 
 
 def get_torch_device() -> torch.device:
@@ -146,7 +195,38 @@ def log_startup() -> None:
     logging.info("Total VRAM %d MB, total RAM %d MB", total_mb, ram_total() // (1024 * 1024))
     logging.info("pytorch version: %s", torch.version.__version__)
     logging.info("Set vram state to: %s", vram_state.name)
+    if profile.CURRENT and args.disable_smart_memory:
+        logging.info(profile.SMART_MEMORY_OFF_LINE)
     logging.info("Device: %s", get_torch_device_name(device))
+    if profile.CURRENT:
+        _log_current_memory_lines()
     logging.info("Python version: %s", platform.python_version())
     if os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):
         logging.info("PYTORCH_CUDA_ALLOC_CONF=%s", os.environ["PYTORCH_CUDA_ALLOC_CONF"])
+
+
+def _swap_total() -> int:
+    """Disk swap for the pinned-memory ceiling; none counted inside a memory-limited cgroup."""
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            if f.read().strip() != "max":
+                return 0
+    except OSError:
+        pass
+    try:
+        with open("/proc/swaps", encoding="utf-8") as f:
+            return profile.disk_swap_total(f.read())
+    except OSError:
+        return 0
+
+
+def _log_current_memory_lines() -> None:
+    vendor = gpu_vendor()
+    if args.reserve_vram is not None:
+        logging.debug("Reserving %sMB vram for other applications.", args.reserve_vram * 1024)
+    streams = profile.async_offload_streams(args, vendor)
+    if streams > 0:
+        logging.info(profile.ASYNC_OFFLOAD_LINE.format(streams))
+    pinned = profile.pinned_memory_line(args, vendor, ram_total(), _swap_total())
+    if pinned:
+        logging.info(pinned)
