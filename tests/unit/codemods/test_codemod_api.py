@@ -27,8 +27,12 @@ def test_options_get_their_defaults() -> None:
         "use_reentrant": False,
         "preserve_rng_state": None,
         "models": None,
+        "autograd": "auto",
     }
-    assert check_codemod_options("is-changed", {"replace_nan": True}) == {"replace_nan": True}
+    assert check_codemod_options("is-changed", {"replace_nan": True}) == {
+        "replace_nan": True,
+        "classes": None,
+    }
 
 
 @pytest.mark.parametrize(
@@ -91,19 +95,21 @@ def test_undecodable_file_is_an_error() -> None:
     [
         (
             b"import torch\nmodel = torch.load('m.pt')\ny = model(1)\n",
-            "n.py: no model to patch: looked for a name or attribute assigned from "
-            "`<anything>.from_pretrained(...)`\n"
+            "n.py: no model to patch: looked for a diffusion model (a DiT, UNet or transformer) "
+            "loaded with from_pretrained/from_single_file or built by its class, or received as "
+            "a node input of a DiT type, and for its calls\n"
             "  hint: name the model with the codemod option `models`, e.g. [self.model]",
         ),
         (
             b"tok = AutoTokenizer.from_pretrained('t')\nids = tok('a cat')\n",
-            "n.py: no model to patch: looked for a name or attribute assigned from "
-            "`<anything>.from_pretrained(...)` (found only AutoTokenizer: not models)",
+            "n.py: nothing to wrap: line 2: tok(...) (not a model: AutoTokenizer.from_pretrained"
+            "(...), line 1): holds no weights to checkpoint",
         ),
         (
             b"class L:\n    def load(self):\n        self.model = M.from_pretrained('m')\n"
             b"        self.model.eval()\n",
-            "n.py: no call of self.model to wrap: looked for `X(...)` and `X.forward(...)`",
+            "n.py: no call of self.model (M.from_pretrained(...), line 3) to wrap: looked for "
+            "`X(...)` and `X.forward(...)` in the scope that holds it",
         ),
     ],
 )

@@ -116,8 +116,8 @@ def test_report_says_what_changed_where() -> None:
 
 
 def test_load_on_the_line_of_its_if_is_reported() -> None:
-    source = b"import torch\nif True: model = WanModel.from_pretrained('m')\ntorch.inference_mode(False)\n"
-    source += b"y = model(1)\n"
+    source = b"import torch\nif True: model = WanModel.from_pretrained('m')\n"
+    source += b"torch.inference_mode(False)\ny = model(1)\n"
     out, report = run_codemod(
         "gradient-checkpointing", source, path="n.py", options={"autograd": "keep"}
     )
@@ -126,7 +126,8 @@ def test_load_on_the_line_of_its_if_is_reported() -> None:
 
 
 def test_call_passing_a_checkpoint_keyword_is_reported() -> None:
-    source = b"@torch.inference_mode(False)\ndef run():\n    model = WanModel.from_pretrained('m')\n"
+    source = b"@torch.inference_mode(False)\ndef run():\n"
+    source += b"    model = WanModel.from_pretrained('m')\n"
     source += b"    y = model(1)\n    z = model(2, debug=True)\n"
     _, report = run_codemod("gradient-checkpointing", source, path="n.py")
     assert str(report.findings[0]) == (
