@@ -13,7 +13,7 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from qpatch.errors import BadInput
 from qpatch.report import Report
@@ -60,6 +60,8 @@ class FlagRequest:
     flag: str
     value: str | None = None
     on_conflict: OnConflict = "error"
+    when: Any = None  # a qpatch.conditions.Condition: written only where it holds
+    allow_harmful: bool = False  # written even where qpatch/effects.yaml calls it harmful
 
 
 # ------------------------------------------------------------------------ parsing

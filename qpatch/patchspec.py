@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from qpatch.comfy_flags import FlagRequest
+from qpatch.conditions import Condition, parse_condition
 from qpatch.errors import BadInput
 
 if TYPE_CHECKING:
@@ -41,12 +42,28 @@ class CodemodStep:
     codemod: str  # a key of qpatch.codemods.CODEMODS
     file: str  # path or glob relative to the ComfyUI root
     options: Mapping[str, Any]
+    when: Condition | None = None
+
+
+@dataclass(frozen=True)
+class EnvRequest:
+    """A variable a patch exports: its value, where it applies, and whether the patch
+    writes it even where qpatch/effects.yaml calls it harmful."""
+
+    value: str
+    when: Condition | None = None
+    allow_harmful: bool = False
 
 
 @dataclass(frozen=True)
 class StartupStep:
     env: Mapping[str, str]
     flags: tuple[FlagRequest, ...]
+    when: Condition | None = None
+    env_rules: Mapping[str, EnvRequest] = field(default_factory=dict)
+
+    def env_request(self, name: str) -> EnvRequest:
+        return self.env_rules.get(name) or EnvRequest(self.env[name])
 
 
 Step = CodemodStep | StartupStep
@@ -59,6 +76,7 @@ class Patch:
     version: str
     steps: tuple[Step, ...]
     source: str  # the file it came from, for messages
+    allow_harmful: bool = False  # every edit written even where effects.yaml calls it harmful
 
     @property
     def codemods(self) -> tuple[CodemodStep, ...]:
@@ -116,30 +134,68 @@ def _flag(item: object, where: _Where) -> FlagRequest:
         flag, sep, value = item.partition("=")
         request = FlagRequest(flag, value if sep else None)
     else:
-        m = _mapping(item, where, {"flag"}, {"flag", "value", "on_conflict"})
+        keys = {"flag", "value", "on_conflict", "when", "allow_harmful"}
+        m = _mapping(item, where, {"flag"}, keys)
         value = _string(m["value"], where / "value") if "value" in m else None
         on_conflict = m.get("on_conflict", "error")
         if on_conflict not in _ON_CONFLICT:
             raise (where / "on_conflict").fail(f"must be one of {', '.join(_ON_CONFLICT)}")
-        request = FlagRequest(_string(m["flag"], where / "flag"), value, on_conflict)
+        request = FlagRequest(
+            _string(m["flag"], where / "flag"),
+            value,
+            on_conflict,
+            _when(m, where),
+            _bool(m, "allow_harmful", where),
+        )
     if not request.flag.startswith("-"):
         raise where.fail(f"{request.flag!r} is not a flag (flags start with -)")
     return request
 
 
-def _startup(value: object, where: _Where) -> StartupStep:
+def _when(m: Mapping[str, Any], where: _Where) -> Condition | None:
+    """A `when:` (qpatch/conditions.py), checked where it is written."""
+    if "when" not in m:
+        return None
+    spot = where / "when"
+    return parse_condition(m["when"], f"{spot.source}: {spot.path}")
+
+
+def _bool(m: Mapping[str, Any], key: str, where: _Where) -> bool:
+    value = m.get(key, False)
+    if not isinstance(value, bool):
+        raise (where / key).fail(f"expected true or false, got {_type_name(value)}")
+    return value
+
+
+def _env_entry(name: str, val: object, where: _Where) -> EnvRequest:
+    """`NAME: value`, or `NAME: {value: ..., when: ..., allow_harmful: ...}`."""
+    if not isinstance(val, dict):
+        return EnvRequest(_string(val, where))
+    m = _mapping(val, where, {"value"}, {"value", "when", "allow_harmful"})
+    return EnvRequest(
+        _string(m["value"], where / "value"), _when(m, where), _bool(m, "allow_harmful", where)
+    )
+
+
+def _startup(value: object, where: _Where, when: Condition | None) -> StartupStep:
     m = _mapping(value, where, set(), {"env", "flags"})
     env = m.get("env") or {}
     if not isinstance(env, dict):
         raise (where / "env").fail(f"expected a mapping, got {_type_name(env)}")
+    requests: dict[str, EnvRequest] = {}
     for name, val in env.items():
         if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
             raise (where / "env" / str(name)).fail("not a valid variable name")
-        _string(val, where / "env" / name)
+        requests[name] = _env_entry(name, val, where / "env" / name)
     flags = m.get("flags", [])
     if not isinstance(flags, list):
         raise (where / "flags").fail(f"expected a list, got {_type_name(flags)}")
-    return StartupStep(dict(env), tuple(_flag(f, where / "flags" / i) for i, f in enumerate(flags)))
+    return StartupStep(
+        {name: r.value for name, r in requests.items()},
+        tuple(_flag(f, where / "flags" / i) for i, f in enumerate(flags)),
+        when,
+        requests,
+    )
 
 
 def _codemod(m: dict[str, Any], where: _Where, registry: Mapping[str, type] | None) -> CodemodStep:
@@ -152,7 +208,7 @@ def _codemod(m: dict[str, Any], where: _Where, registry: Mapping[str, type] | No
         raise (where / "options").fail(f"expected a mapping, got {_type_name(options)}")
     if registry is not None:
         _check_codemod(name, options, where, registry)
-    return CodemodStep(name, file, dict(options))
+    return CodemodStep(name, file, dict(options), _when(m, where))
 
 
 def _check_codemod(
@@ -206,7 +262,7 @@ def parse_patch(text: str, source: str, *, codemods: Mapping[str, type] | None =
         raise BadInput(f"{source}: not valid YAML: {e}") from e
     top = _Where(source)
     keys = {"name", "description", "version", "steps"}
-    doc = _mapping(data, top, keys, keys)
+    doc = _mapping(data, top, keys, keys | {"allow_harmful"})
     name = _string(doc["name"], top / "name")
     description = _string(doc["description"], top / "description")
     if not _NAME.fullmatch(name):
@@ -221,16 +277,18 @@ def parse_patch(text: str, source: str, *, codemods: Mapping[str, type] | None =
     for i, raw in enumerate(doc["steps"]):
         where = top / "steps" / i
         if isinstance(raw, dict) and "codemod" in raw:
-            m = _mapping(raw, where, {"codemod", "file"}, {"codemod", "file", "options"})
+            keys = {"codemod", "file", "options", "when"}
+            m = _mapping(raw, where, {"codemod", "file"}, keys)
             steps.append(_codemod(m, where, registry))
         elif isinstance(raw, dict) and "startup" in raw:
-            _mapping(raw, where, {"startup"}, {"startup"})
-            steps.append(_startup(raw["startup"], where / "startup"))
+            _mapping(raw, where, {"startup"}, {"startup", "when"})
+            steps.append(_startup(raw["startup"], where / "startup", _when(raw, where)))
         else:
             raise where.fail("a step is a mapping with `codemod:` or `startup:`")
     if sum(isinstance(s, StartupStep) for s in steps) > 1:
         raise (top / "steps").fail("only one startup step (merge their env and flags)")
-    return Patch(name, description.strip(), str(version), tuple(steps), source)
+    allow = _bool(doc, "allow_harmful", top)
+    return Patch(name, description.strip(), str(version), tuple(steps), source, allow)
 
 
 def load_patch(name_or_path: str) -> Patch:

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from qpatch import comfy_flags, container_command, envcheck, startup
+from qpatch import comfy_flags, container_command, envcheck, observe, startup
 from qpatch.container_command import ContainerChange
 from qpatch.discovery import Layout
+from qpatch.effects import Effect, Verdict, judge
 from qpatch.errors import BadInput
-from qpatch.patchspec import CodemodStep, Patch, StartupStep
+from qpatch.evidence import Evidence
+from qpatch.patchspec import CodemodStep, Patch, StartupStep, Step
 from qpatch.report import Report
 from qpatch.targets import fsinfo
 from qpatch.targets.base import FileStat, Target
@@ -52,6 +54,10 @@ class Plan:
     flags: list[str] = field(default_factory=list)
     #: The new Env and command of a container with no start script (apply --recreate).
     container: ContainerChange | None = None
+    #: What the server is (versions, Dynamic VRAM, allocator, weights), each with its source.
+    evidence: Evidence | None = None
+    #: Every env and flag edit the patch asked for, with its effect on this server.
+    effects: list[Verdict] = field(default_factory=list)
 
     @property
     def changed_edits(self) -> list[FileEdit]:
@@ -163,19 +169,46 @@ def _python_for_compile(target: Target) -> str:
 # --------------------------------------------------------------------------- making it
 
 
-def make_plan(target: Target, layout: Layout, patch: Patch, *, recreate: bool = False) -> Plan:
-    """`recreate`: a container with no start script may get a new Env and command."""
+@dataclass(frozen=True)
+class Judging:
+    """What the env and flag edits are judged against, and who may overrule a harmful one."""
+
+    evidence: Evidence
+    allow_harmful: bool  # the user's --allow-harmful, or the patch's own allow_harmful
+
+
+def make_plan(
+    target: Target,
+    layout: Layout,
+    patch: Patch,
+    *,
+    recreate: bool = False,
+    workflow: dict[str, Any] | None = None,
+    allow_harmful: bool = False,
+) -> Plan:
+    """`recreate`: a container with no start script may get a new Env and command.
+    `workflow`: the one the user runs, whose model files tell the weights' dtype."""
     from qpatch.codemods import run_codemod  # libcst: for the commands that make a plan
 
     report = Report()
     real = _resolve_named_files(target, layout, patch, report)
-    ahead = _start_reading(target, layout, patch)
+    ahead = _start_reading(target, layout, patch, workflow)
     contents: dict[str, tuple[bytes, FileStat]] = {}  # path -> (current planned bytes, stat)
     originals: dict[str, bytes] = {}
     env: dict[str, str] = {}
     flags: list[str] = []
     container: ContainerChange | None = None
-    for step in patch.steps:
+    evidence: Evidence | None = None
+    effects: list[Verdict] = []
+    if _needs_evidence(patch):
+        evidence = ahead.take(
+            ("evidence",), partial(observe.gather, target, layout, workflow=workflow)
+        )
+    judging = Judging(evidence or Evidence(), allow_harmful or patch.allow_harmful)
+    server_flags = list(layout.server.argv) if layout.server else []
+    for i, step in enumerate(patch.steps):
+        if not _step_applies(step, i, judging.evidence, server_flags, report):
+            continue
         if isinstance(step, CodemodStep):
             for path in _expand(target, layout.root, step.file):
                 path = real.get(path, path)  # a link inside the root: edit what it points to
@@ -187,7 +220,9 @@ def make_plan(target: Target, layout: Layout, patch: Patch, *, recreate: bool = 
                 contents[path] = (new, stat)
                 _merge(report, rep, f"{posixpath.basename(path)}")
         elif isinstance(step, StartupStep) and layout.start_script is None:
-            container, rep, env, flags = _plan_container(target, layout, patch.name, step, ahead)
+            container, rep, env, flags, effects = _plan_container(
+                target, layout, patch.name, step, ahead, judging
+            )
             _merge(report, rep, "container")
             if container.changed and not recreate:
                 raise BadInput(
@@ -198,8 +233,8 @@ def make_plan(target: Target, layout: Layout, patch: Patch, *, recreate: bool = 
                     "is kept, stopped, for rollback), or --start-script",
                 )
         elif isinstance(step, StartupStep):
-            path, data, stat, new, rep, env, flags = _plan_startup(
-                target, layout, patch.name, step, ahead
+            path, data, stat, new, rep, env, flags, effects = _plan_startup(
+                target, layout, patch.name, step, ahead, judging
             )
             if path not in contents:  # the bytes the start script was planned from
                 contents[path] = (data, stat)
@@ -207,7 +242,31 @@ def make_plan(target: Target, layout: Layout, patch: Patch, *, recreate: bool = 
             contents[path] = (new, contents[path][1])
             _merge(report, rep, posixpath.basename(path))
     edits = [FileEdit(p, originals[p], data, stat) for p, (data, stat) in contents.items()]
-    return Plan(patch.name, edits, report, env, flags, container)
+    return Plan(patch.name, edits, report, env, flags, container, evidence, effects)
+
+
+def _needs_evidence(patch: Patch) -> bool:
+    """Env and flag edits are judged on the evidence; so is any `when:`."""
+    return any(isinstance(s, StartupStep) or s.when is not None for s in patch.steps)
+
+
+def _step_applies(
+    step: Step, index: int, evidence: Evidence, server_flags: list[str], report: Report
+) -> bool:
+    """A step with a `when:` runs only where it holds; one that cannot be decided is left
+    out too (writing on a guess is what qpatch is for avoiding), and the report says why."""
+    if step.when is None:
+        return True
+    outcome = step.when.decide(evidence, server_flags)
+    if outcome.value:
+        return True
+    words = "does not hold" if outcome.value is False else "cannot be decided"
+    report.find(
+        f"step {index + 1} skipped: its `when: {step.when.text}` {words} here ({outcome.why})",
+        severity="info",
+        code="when",
+    )
+    return False
 
 
 class _Ahead:
@@ -262,11 +321,16 @@ class _Call:
         return self._value
 
 
-def _start_reading(target: Target, layout: Layout, patch: Patch) -> _Ahead:
-    """Start what make_plan will read and ask: the codemods' files (those named without a
-    glob) one after the other, then the start script and its `main.py --help`; and the
-    GPU's capability. Only where the patch asks for them, as make_plan would."""
+def _start_reading(
+    target: Target, layout: Layout, patch: Patch, workflow: dict[str, Any] | None
+) -> _Ahead:
+    """Start what make_plan will read and ask: the evidence about the server; the codemods'
+    files (those named without a glob) one after the other, then the start script and its
+    `main.py --help`; and the GPU's capability. Only where the patch asks for them, as
+    make_plan would."""
     ahead = _Ahead(target)
+    if _needs_evidence(patch):
+        ahead.start(("evidence",), partial(observe.gather, target, layout, workflow=workflow))
     reads: _Call | None = None
     for step in patch.steps:
         if isinstance(step, CodemodStep) and not _is_glob(step.file):
@@ -339,7 +403,7 @@ def _merge(into: Report, rep: Report, where: str) -> None:
     for c in rep.changes:
         into.change(c.kind, c.line, f"{where}: {c.detail}")
     for f in rep.findings:
-        into.find(f"{where}: {f.message}", f.line, f.severity)
+        into.find(f"{where}: {f.message}", f.line, f.severity, f.code)
     into.already_applied = into.already_applied or rep.already_applied
 
 
@@ -362,8 +426,13 @@ def _expand(target: Target, root: str, pattern: str) -> list[str]:
 
 
 def _plan_startup(
-    target: Target, layout: Layout, patch_name: str, step: StartupStep, ahead: _Ahead
-) -> tuple[str, bytes, bytes, FileStat, Report, dict[str, str], list[str]]:
+    target: Target,
+    layout: Layout,
+    patch_name: str,
+    step: StartupStep,
+    ahead: _Ahead,
+    judging: Judging,
+) -> tuple[str, bytes, bytes, FileStat, Report, dict[str, str], list[str], list[Verdict]]:
     """The start script's path, its bytes and stat as read, its new bytes, and the rest."""
     assert layout.start_script is not None
     data, stat = ahead.read_file(layout.start_script)
@@ -371,17 +440,25 @@ def _plan_startup(
     if not launches:
         raise BadInput(f"{layout.start_script}: no ComfyUI launch command found")
     existing = [f for launch in launches for f in launch.flags]
-    flag_edits, env, report = _flags_and_env(target, layout, step, launches[0], existing, ahead)
+    flag_edits, env, report, effects = _flags_and_env(
+        target, layout, step, launches[0], existing, ahead, judging
+    )
     new, edit_report = startup.edit_start_script(
         data, patch_name=patch_name, env=env, flags=flag_edits, path=layout.start_script
     )
     report.extend(edit_report)
-    return layout.start_script, data, stat, new, report, env, [e.name for e in flag_edits]
+    names = [e.name for e in flag_edits]
+    return layout.start_script, data, stat, new, report, env, names, effects
 
 
 def _plan_container(
-    target: Target, layout: Layout, patch_name: str, step: StartupStep, ahead: _Ahead
-) -> tuple[ContainerChange, Report, dict[str, str], list[str]]:
+    target: Target,
+    layout: Layout,
+    patch_name: str,
+    step: StartupStep,
+    ahead: _Ahead,
+    judging: Judging,
+) -> tuple[ContainerChange, Report, dict[str, str], list[str], list[Verdict]]:
     """The Env and command of a container that launches main.py itself."""
     config = target.container_config()
     if config is None:
@@ -390,8 +467,8 @@ def _plan_container(
             hint="name the script that starts ComfyUI with --start-script",
         )
     launch = container_command.find_launch(config.command)
-    flag_edits, env, report = _flags_and_env(
-        target, layout, step, launch, list(launch.flags), ahead
+    flag_edits, env, report, effects = _flags_and_env(
+        target, layout, step, launch, list(launch.flags), ahead, judging
     )
     change = container_command.plan_change(
         entrypoint=config.entrypoint,
@@ -402,7 +479,7 @@ def _plan_container(
         patch_name=patch_name,
     )
     report.extend(change.report)
-    return change, report, env, [e.name for e in flag_edits]
+    return change, report, env, [e.name for e in flag_edits], effects
 
 
 def _flags_and_env(
@@ -412,17 +489,85 @@ def _flags_and_env(
     launch: startup.Launch,
     existing: list[str],
     ahead: _Ahead,
-) -> tuple[list[startup.FlagEdit], dict[str, str], Report]:
-    """The flag edits and the env to set, both checked against this very ComfyUI."""
+    judging: Judging,
+) -> tuple[list[startup.FlagEdit], dict[str, str], Report, list[Verdict]]:
+    """The flag edits and the env to set, checked against this very ComfyUI (its --help)
+    and judged on what it is (qpatch/effects.yaml): a no-op is left out, a harmful one
+    refused unless allowed, and every one reported with its effect and evidence."""
     report = Report()
+    evidence = judging.evidence
+    requests = [r for r in step.flags if _holds(r.when, r.flag, evidence, existing, report)]
     cli = _ask_comfyui(target, layout, launch, ahead)
-    flag_edits, flag_report = comfy_flags.plan_flags(cli, step.flags, existing)
+    flag_edits, flag_report = comfy_flags.plan_flags(cli, requests, existing)
     report.extend(flag_report)
+    allowed = {r.flag for r in requests if r.allow_harmful}
+    verdicts: list[Verdict] = []
+    harmful: list[Verdict] = []
+    kept: list[startup.FlagEdit] = []
     final_flags = existing + [e.name for e in flag_edits]
+    for edit in flag_edits:
+        verdict = judge("flag", edit.name, edit.value, evidence, final_flags)
+        if _keep(verdict, judging.allow_harmful or edit.name in allowed, report, harmful):
+            kept.append(edit)
+        verdicts.append(verdict)
+    final_flags = existing + [e.name for e in kept]
+    wanted: dict[str, str] = {}
+    for name, value in step.env.items():  # judged as the patch writes them ("auto" too)
+        request = step.env_request(name)
+        if not _holds(request.when, name, evidence, final_flags, report):
+            continue
+        verdict = judge("env", name, value, evidence, final_flags)
+        if _keep(verdict, judging.allow_harmful or request.allow_harmful, report, harmful):
+            wanted[name] = value
+        verdicts.append(verdict)
     capability = ahead.take(("gpu",), partial(gpu_capability, target))
-    env, env_report = envcheck.check_env(step.env, flags=final_flags, gpu_capability=capability)
+    env, env_report = envcheck.check_env(wanted, flags=final_flags, gpu_capability=capability)
     report.extend(env_report)
-    return flag_edits, env, report
+    if harmful:
+        raise BadInput(
+            "the patch asks for edits that are harmful on this server; nothing was changed:\n"
+            + "\n".join(f"  {v}" for v in harmful),
+            hint="leave them out of the patch, or give them `allow_harmful: true` there (or "
+            "--allow-harmful) if you want them anyway",
+        )
+    return kept, env, report, verdicts
+
+
+def _holds(when: Any, name: str, evidence: Evidence, flags: list[str], report: Report) -> bool:
+    """An env var or flag with a `when:` is written only where it holds (decided)."""
+    if when is None:
+        return True
+    outcome = when.decide(evidence, flags)
+    if outcome.value:
+        return True
+    words = "does not hold" if outcome.value is False else "cannot be decided"
+    report.find(
+        f"{name} skipped: its `when: {when.text}` {words} here ({outcome.why})",
+        severity="info",
+        code="when",
+    )
+    return False
+
+
+def _keep(verdict: Verdict, allow: bool, report: Report, harmful: list[Verdict]) -> bool:
+    """Whether the edit is written; its effect goes in the report either way."""
+    if verdict.effect is Effect.NO_OP:
+        report.find(
+            f"{verdict.edit} skipped: no-op here: {verdict.why} ({verdict.evidence})",
+            severity="info",
+            code="no-op",
+        )
+        return False
+    if verdict.effect is Effect.HARMFUL and not allow:
+        harmful.append(verdict)
+        return False
+    allowed = " (allowed by allow_harmful)" if verdict.effect is Effect.HARMFUL else ""
+    report.find(
+        f"{verdict.edit}: {verdict.effect.value}{allowed}: {verdict.why} ({verdict.evidence})",
+        severity="warning" if verdict.effect is Effect.HARMFUL else "info",
+        code=verdict.effect.value,
+    )
+    return True
 
 
 def _help_argv(layout: Layout, launch: startup.Launch) -> list[str]:

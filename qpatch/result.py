@@ -26,6 +26,8 @@ class Result:
     files: list[dict[str, Any]] = UNSET
     findings: list[str] = UNSET
     container: dict[str, Any] = UNSET  # apply --recreate: the planned Env and command
+    evidence: dict[str, Any] = UNSET  # apply: what the server is, each fact with its source
+    effects: list[dict[str, Any]] = UNSET  # apply: every env and flag edit, with its effect
     argv: list[str] | None = UNSET  # the flags the patched server really runs with
     checks: list[dict[str, Any]] = UNSET  # verify
     measurement: dict[str, Any] = UNSET  # verify --workflow

@@ -18,6 +18,9 @@ from qpatch.health import wait_healthy
 from qpatch.targets.docker import DockerTarget, connect
 
 TESTBED_PYTHON = "/root/venv/bin/python"
+#: The bundled patch for the CPU test bed (its allocator edits are no-ops there, and left out):
+#: tests of start-script edits use this one.
+CPU_PATCH = os.path.join(os.path.dirname(__file__), "integration", "cpu-patch.yaml")
 TEST_LABEL = "org.qpatch.test"
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CPU_PATCH
+
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "testbed" / "comfyui"
 NODE = "custom_nodes/comfyui_qwen_image/qwen_image_loader.py"
@@ -54,7 +56,7 @@ def test_local_round_trip_without_restart(comfy_root: Path, tmp_path: Path) -> N
     before = hashes(comfy_root)
     mode = (comfy_root / START).stat().st_mode
     try:
-        applied = qpatch(tmp_path, "apply", target, "--no-restart", "--json")
+        applied = qpatch(tmp_path, "apply", target, "--no-restart", "--json", "--patch", CPU_PATCH)
         assert applied.returncode == 0, applied.stderr
         result = json.loads(applied.stdout)
         assert result["status"] == "applied"
@@ -64,7 +66,7 @@ def test_local_round_trip_without_restart(comfy_root: Path, tmp_path: Path) -> N
             str(Path(f["path"]).relative_to(comfy_root)): f["sha256_after"] for f in result["files"]
         }
         assert "(checkpoint)(self.model" in (comfy_root / NODE).read_text()
-        assert "--disable-cuda-malloc" in (comfy_root / START).read_text()
+        assert "--disable-smart-memory" in (comfy_root / START).read_text()
         assert (comfy_root / START).stat().st_mode == mode
 
         # No server runs here: verify says the files are as written, and that nothing answers.
@@ -87,7 +89,9 @@ def test_local_round_trip_without_restart(comfy_root: Path, tmp_path: Path) -> N
 
 def test_a_relative_start_script_is_read_from_the_root(comfy_root: Path, tmp_path: Path) -> None:
     target = f"local:{comfy_root}"
-    r = qpatch(tmp_path, "apply", target, "--dry-run", "--start-script", START)
+    r = qpatch(
+        tmp_path, "apply", target, "--dry-run", "--start-script", START, "--patch", CPU_PATCH
+    )
     assert r.returncode == 0, r.stderr
     assert f"--- a{comfy_root / START}" in r.stdout
     missing = qpatch(tmp_path, "apply", target, "--dry-run", "--start-script", "run_comfyui.sh")

@@ -23,7 +23,7 @@ import docker.errors
 import pytest
 from docker.models.containers import Container
 
-from tests.conftest import TEST_LABEL, StartContainer
+from tests.conftest import CPU_PATCH, TEST_LABEL, StartContainer
 from tests.integration.test_engine_docker import hashes, healthy, qpatch
 
 pytestmark = pytest.mark.docker
@@ -181,7 +181,7 @@ def test_a_full_ledger_filesystem_is_said_before_anything_is_written(
     c = start_container(tmpfs={"/var/lib/qpatch": "size=32k"})
     assert healthy(c)
     before = hashes(c)
-    r = qpatch("apply", c.name)
+    r = qpatch("apply", c.name, "--patch", CPU_PATCH)
     assert r.returncode == 2, r.stderr
     assert "no space left on /var/lib/qpatch" in r.stderr
     assert "KiB free" in r.stderr and "KiB needed" in r.stderr
@@ -232,11 +232,11 @@ def test_a_start_script_bind_mounted_as_a_single_file_is_written_in_place(
     original = host_script.read_bytes()
     c = start_container(volumes={str(host_script): {"bind": SCRIPT, "mode": "rw"}})
     assert healthy(c)
-    r = qpatch("apply", c.name)
+    r = qpatch("apply", c.name, "--patch", CPU_PATCH)
     assert r.returncode == 0, r.stderr
     assert f"{SCRIPT} is a mount point (a single-file bind mount)" in r.stdout + r.stderr
     assert host_script.read_bytes() != original  # the host's file, through the mount
-    assert b"--disable-cuda-malloc" in host_script.read_bytes()
+    assert b"--disable-smart-memory" in host_script.read_bytes()
     assert leftovers(c, "/root") == []
     rolled = qpatch("rollback", c.name)
     assert rolled.returncode == 0, rolled.stderr

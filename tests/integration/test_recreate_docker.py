@@ -18,7 +18,7 @@ from docker.models.containers import Container
 from qpatch.appliers.container import BACKUP_SUFFIX, IMAGE_REPO, NEW_SUFFIX
 from qpatch.comfy_api import ComfyAPI
 from qpatch.targets.docker import DockerTarget
-from tests.conftest import TESTBED_PYTHON, StartContainer
+from tests.conftest import CPU_PATCH, TESTBED_PYTHON, StartContainer
 from tests.integration.test_engine_docker import NODE, bad_tls_patch, healthy, qpatch
 
 pytestmark = pytest.mark.docker
@@ -32,7 +32,7 @@ EXEC_FORM = ["/root/venv/bin/python", "main.py", "--listen", "0.0.0.0", "--cpu"]
 LABEL, LABEL_VALUE = "org.example.owner", "ops"
 MARKER = "/root/ComfyUI/models/downloaded-at-run-time.bin"  # in the writable layer only
 FILES = (NODE, "/root/ComfyUI/main.py", MARKER)
-PATCHED_ENV = b"PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True\n"
+PATCHED_ENV = b"OMP_NUM_THREADS=2\n"
 
 
 def hashes(container: Container | str) -> dict[str, str]:
@@ -124,7 +124,7 @@ def test_without_recreate_exit_2_and_nothing_changes(
 ) -> None:
     c = no_script(SH_FORM)
     before = hashes(c)
-    r = qpatch("apply", c.name)
+    r = qpatch("apply", c.name, "--patch", CPU_PATCH)
     assert r.returncode == 2, r.stderr
     assert "--recreate" in r.stderr and "nothing was changed" in r.stderr
     c.reload()
@@ -141,14 +141,14 @@ def test_recreate_round_trip_keeps_mounts_labels_and_the_original(
     c = no_script(SH_FORM)
     before = hashes(c)
 
-    r = qpatch("apply", c.name, "--recreate", "--json")
+    r = qpatch("apply", c.name, "--recreate", "--json", "--patch", CPU_PATCH)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["status"] == "applied"
     new = docker_client.containers.get(c.name)
     assert new.id != c.id
     argv = server_argv(c.name)
-    assert "--disable-cuda-malloc" in argv and "--bf16-unet" in argv and "--cpu" in argv
+    assert "--disable-smart-memory" in argv and "--cpu" in argv
     assert PATCHED_ENV in new.exec_run(["env"]).output
     after = hashes(new)
     assert after[NODE] == next(f["sha256_after"] for f in result["files"] if f["path"] == NODE)
@@ -166,7 +166,7 @@ def test_recreate_round_trip_keeps_mounts_labels_and_the_original(
     verified = qpatch("verify", c.name, "--json")
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout)["status"] == "ok"
-    again = qpatch("apply", c.name, "--recreate", "--json")
+    again = qpatch("apply", c.name, "--recreate", "--json", "--patch", CPU_PATCH)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["status"] == "already-applied"
     assert docker_client.containers.get(c.name).id == new.id
@@ -176,7 +176,7 @@ def test_recreate_round_trip_keeps_mounts_labels_and_the_original(
     assert rolled.returncode == 0, rolled.stderr
     assert_original_back(docker_client, c, before)
     assert not exists(docker_client, new.id)
-    assert "--bf16-unet" not in server_argv(c.name)
+    assert "--disable-smart-memory" not in server_argv(c.name)
     assert PATCHED_ENV not in docker_client.containers.get(c.name).exec_run(["env"]).output
     assert "rolled-back" in qpatch("status", c.name).stdout
 
@@ -201,7 +201,14 @@ def test_kill_9_after_the_swap_is_recovered_by_the_next_rollback(
 ) -> None:
     c = no_script(SH_FORM)
     before = hashes(c)
-    r = qpatch("apply", c.name, "--recreate", env={"QPATCH_FAULT": "recreate-after-swap"})
+    r = qpatch(
+        "apply",
+        c.name,
+        "--recreate",
+        "--patch",
+        CPU_PATCH,
+        env={"QPATCH_FAULT": "recreate-after-swap"},
+    )
     assert r.returncode == -9
     assert docker_client.containers.get(c.name).id != c.id  # the swap happened
 

@@ -17,7 +17,6 @@ from qpatch.patchspec import (
 )
 from qpatch.patchspec import (
     CodemodStep,
-    StartupStep,
     list_patches,
     load_patch,
     parse_patch,
@@ -52,19 +51,79 @@ def parse(body: str, registry: dict[str, type] | None = None):
 
 def test_bundled_patch_loads() -> None:
     patch = load_patch("qwen-image-2512")
-    assert (patch.name, patch.version) == ("qwen-image-2512", "1")
+    assert (patch.name, patch.version, patch.allow_harmful) == ("qwen-image-2512", "2", False)
     assert patch.codemods == (
         CodemodStep("gradient-checkpointing", LOADER, {}),
         CodemodStep("is-changed", LOADER, {}),
     )
-    assert patch.startup == StartupStep(
-        {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TORCH_CUDA_ARCH_LIST": "auto"},
-        (
-            FlagRequest("--disable-cuda-malloc"),
-            FlagRequest("--bf16-unet"),
-            FlagRequest("--lowvram", on_conflict="skip"),
-        ),
+    step = patch.startup
+    assert step is not None and step.when is None
+    assert step.env == {
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+        "TORCH_CUDA_ARCH_LIST": "auto",
+    }
+    assert step.env_request("PYTORCH_CUDA_ALLOC_CONF").when.text == "comfyui: <0.15"
+    assert step.env_request("TORCH_CUDA_ARCH_LIST").when is None
+    flags = {f.flag: (f.on_conflict, f.when.text if f.when else None) for f in step.flags}
+    assert flags == {
+        "--disable-cuda-malloc": ("error", "comfyui: <0.15"),
+        "--bf16-unet": ("error", "weights_dtype: fp16 or fp32"),
+        "--lowvram": ("skip", "dynamic_vram: false"),
+    }
+
+
+def test_when_and_allow_harmful_where_a_patch_may_write_them() -> None:
+    patch = parse(
+        """\
+        allow_harmful: true
+        steps:
+          - codemod: plain
+            file: a.py
+            when: {comfyui: ">=0.15"}
+          - startup:
+              env:
+                A: "1"
+                B: {value: "2", when: {dynamic_vram: true}, allow_harmful: true}
+              flags:
+                - {flag: --x, when: {not: {device: cpu}}, allow_harmful: true}
+        """,
+        REGISTRY,
     )
+    assert patch.allow_harmful is True
+    assert patch.steps[0].when.text == "comfyui: >=0.15"
+    step = patch.startup
+    assert step.env == {"A": "1", "B": "2"}
+    assert step.env_request("B").allow_harmful and step.env_request("B").when.text == (
+        "dynamic_vram: true"
+    )
+    assert step.flags[0].when.text == "not (device: cpu)" and step.flags[0].allow_harmful
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "steps:\n  - startup:\n      flags: [{flag: --x, when: {comfy: 1}}]\n",
+            "t.yaml: steps[0].startup.flags[0].when.comfy: unknown condition",
+        ),
+        (
+            "steps:\n  - startup:\n      env: {A: {value: '1', when: {comfyui: 'new'}}}\n",
+            "t.yaml: steps[0].startup.env.A.when.comfyui: 'new' is not like '>=0.15'",
+        ),
+        (
+            "allow_harmful: yes please\nsteps:\n  - startup: {flags: [--x]}\n",
+            "t.yaml: allow_harmful: expected true or false",
+        ),
+        (
+            "steps:\n  - startup:\n      env: {A: {when: {dynamic_vram: true}}}\n",
+            "t.yaml: steps[0].startup.env.A.value: missing",
+        ),
+    ],
+)
+def test_bad_when_and_allow_harmful(body: str, message: str) -> None:
+    with pytest.raises(BadInput) as raised:
+        parse(body)
+    assert str(raised.value).startswith(message)
 
 
 def test_list_patches() -> None:
