@@ -147,10 +147,16 @@ def from_log(log: str, comfyui: Fact, source: str = "start-up log") -> dict[str,
     prints nothing when it is not asked for or not supported); before 0.15 it did not exist."""
     lines = log.splitlines()
     starts = [i for i, line in enumerate(lines) if _START.search(line)]
+    version = version_tuple(str(comfyui.value)) if comfyui.value else None
     if not starts:
         why = "no start-up lines in the server's log"
+        dynamic = (
+            Fact("Dynamic VRAM", False, f"ComfyUI {comfyui.value} predates it (0.15)")
+            if version is not None and version < (0, 15)
+            else _unknown("Dynamic VRAM", why)
+        )
         return {
-            "dynamic_vram": _unknown("Dynamic VRAM", why),
+            "dynamic_vram": dynamic,
             "allocator": _unknown("allocator", why),
             "vram_state": _unknown("vram state", why),
         }
@@ -167,7 +173,6 @@ def from_log(log: str, comfyui: Fact, source: str = "start-up log") -> dict[str,
         elif any(words in line for words in _DYNAMIC_VRAM_OFF) and "dynamic_vram" not in found:
             found["dynamic_vram"] = Fact("Dynamic VRAM", False, f"{source}: {line.strip()[:80]!r}")
     if "dynamic_vram" not in found:
-        version = version_tuple(str(comfyui.value)) if comfyui.value else None
         if version is not None and version < (0, 15):
             found["dynamic_vram"] = Fact(
                 "Dynamic VRAM", False, f"ComfyUI {comfyui.value} predates it (0.15)"

@@ -84,9 +84,11 @@ def test_the_last_start_counts() -> None:
 def test_cpu_log_and_a_log_without_a_start() -> None:
     facts = ev.from_log(CPU_LOG, Fact("ComfyUI", "0.14.1", "s"))
     assert facts["allocator"].value == "none"
-    empty = ev.from_log("got prompt\n", Fact("ComfyUI", "0.14.1", "s"))
+    empty = ev.from_log("got prompt\n", Fact("ComfyUI", "0.38.1", "s"))
     assert empty["dynamic_vram"].value is None
     assert empty["allocator"].source == "no start-up lines in the server's log"
+    old = ev.from_log("", Fact("ComfyUI", "0.14.1", "s"))  # the version alone tells this one
+    assert old["dynamic_vram"].value is False and old["allocator"].value is None
 
 
 def test_environ_keeps_only_the_allocator_variables() -> None:
