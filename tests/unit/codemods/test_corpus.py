@@ -132,10 +132,8 @@ class _Undo(ast.NodeTransformer):
     def _added(self, stmt: ast.stmt, top: bool) -> bool:
         text = ast.unparse(stmt)
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-            return top and ast.dump(stmt) not in self.original and text in (
-                "from torch.utils.checkpoint import checkpoint",
-                "import torch",
-            )
+            ours = text in ("from torch.utils.checkpoint import checkpoint", "import torch")
+            return top and ours and ast.dump(stmt) not in self.original
         if isinstance(stmt, ast.Try):
             return "enable_gradient_checkpointing" in text
         generated = isinstance(stmt, ast.FunctionDef) and "json.dumps([kwargs" in text
