@@ -34,16 +34,10 @@ def _path(name: str) -> Path:
     return folder() / f"{name}.json"
 
 
-def save(
-    name: str,
-    *,
-    target: str,
-    workflow: str,
-    measurement: dict[str, Any],
-    runs: list[dict[str, Any]],
-) -> Path:
+def save(name: str, *, target: str, workflow: str, measurement: dict[str, Any]) -> Path:
     """Keep it atomically (a reader never sees half a file); an older one of that name is
-    replaced."""
+    replaced. `measurement` is a series' JSON (`vram.Series.to_json`): the median view
+    a single-run reader reads, with every run and each row's spread under `series`."""
     path = _path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
@@ -52,7 +46,6 @@ def save(
         "workflow": workflow,
         "time": time.time(),
         "measurement": measurement,
-        "runs": runs,
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
@@ -61,7 +54,9 @@ def save(
 
 
 def load(name: str) -> dict[str, Any]:
-    """The saved measurement of that name; a clear error when there is none."""
+    """The saved measurement of that name, as a series' JSON; a clear error when there is
+    none. A file an older qpatch saved (one run standing for `runs`, each made the same
+    way, after /free) reads back as the series of those runs, the first one cold."""
     path = _path(name)
     try:
         data = json.loads(path.read_text())
@@ -73,4 +68,20 @@ def load(name: str) -> dict[str, Any]:
         ) from None
     except (OSError, ValueError) as e:
         raise BadInput(f"baseline {name!r} at {path} cannot be read: {e}") from e
-    return data["measurement"]
+    try:
+        return upgrade(data)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise BadInput(f"baseline {name!r} at {path} is not a saved measurement: {e}") from e
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved file's measurement as a series' JSON, whichever qpatch saved it."""
+    from qpatch.vram import Series  # NVML's bindings only for the commands that measure
+
+    measurement = data["measurement"]
+    if isinstance(measurement.get("series"), dict):
+        return measurement
+    runs = data.get("runs") or []
+    if len(runs) >= 2:
+        return Series.from_runs_json(runs).to_json()
+    return Series.from_json(measurement).to_json()

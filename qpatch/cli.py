@@ -18,6 +18,9 @@ from qpatch.output import Console
 from qpatch.result import UNSET, Result
 
 DEFAULT_PATCH = "qwen-image-2512"
+#: qpatch.vram.DEFAULT_RUNS, written out: importing vram here would load NVML's bindings
+#: for every command (tests/unit/test_series.py checks the two agree).
+DEFAULT_RUNS = 3
 
 
 def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> None:
@@ -60,6 +63,16 @@ TIMEOUT = click.option(
     default=180.0,
     show_default=True,
     help="Seconds to wait for ComfyUI to answer after the restart.",
+)
+
+
+RUNS = click.option(
+    "--runs",
+    type=click.IntRange(1, 100),
+    default=DEFAULT_RUNS,
+    show_default=True,
+    help="Warm runs per measurement, after one cold run that is reported apart: each "
+    "figure is their min / median / max, and a difference counts only beyond their spread.",
 )
 
 
@@ -115,6 +128,19 @@ def cli() -> None:
     type=click.Path(dir_okay=False),
     help="Run this API-format workflow before writing and after the restart; compare VRAM.",
 )
+@RUNS
+@click.option(
+    "--workflow",
+    metavar="WORKFLOW",
+    type=click.Path(dir_okay=False),
+    help="The API-format workflow you run (not run here): the headers of the model files it "
+    "loads tell the weights' dtype the edits are judged on (default: --measure's).",
+)
+@click.option(
+    "--allow-harmful",
+    is_flag=True,
+    help="Write edits qpatch/effects.yaml calls harmful on this server anyway.",
+)
 def apply(**kwargs: Any) -> None:
     """Plan, back up, rewrite, validate, restart and health-check TARGET.
 
@@ -152,6 +178,7 @@ def apply(**kwargs: Any) -> None:
     help="Compare with the baseline saved by `qpatch measure --save NAME` instead of the one "
     "apply --measure kept.",
 )
+@RUNS
 @JSON
 def verify(**kwargs: Any) -> None:
     """Check that TARGET is patched, unchanged since, healthy; measure VRAM.
@@ -174,13 +201,7 @@ def verify(**kwargs: Any) -> None:
     type=click.Path(dir_okay=False),
     help="API-format workflow to run and measure.",
 )
-@click.option(
-    "--runs",
-    type=click.IntRange(1, 100),
-    default=1,
-    show_default=True,
-    help="How many times to run it; the run with the median peak stands for them.",
-)
+@RUNS
 @click.option(
     "--save",
     metavar="NAME",
@@ -191,11 +212,12 @@ def measure(**kwargs: Any) -> None:
     """Run a workflow on TARGET as it is, changing nothing, and measure it.
 
     A run that runs out of GPU memory is a result (status "out-of-memory"), not an error:
-    it is the baseline a patch is for.
+    it is the baseline a patch is for. A run whose server died under it, or that ComfyUI
+    cut, is reported as killed (status "killed", exit 3).
 
     \b
     Exit codes: 0 measured (out of memory included) · 2 bad input · 3 the workflow failed,
-    not for lack of memory · 70 internal error.
+    not for lack of memory, or a run was killed · 70 internal error.
     """
     from qpatch.commands.measure import measure as run
 

@@ -33,24 +33,50 @@ def measure(
     what: str,
     seed: int | None = None,
     *,
+    runs: int | None = None,
     allow_oom: bool = False,
     workflow: str | None = None,
-) -> vram.Measurement:
-    """One measured run, shown as the one table every command prints."""
+) -> vram.Series:
+    """A cold run, then `runs` warm ones (default `vram.DEFAULT_RUNS`), all with one seed;
+    a line per run, then the series' table. A killed run ends the series, since the
+    server is gone, and stays in it for the caller to refuse (`_refuse_killed`) or report."""
     from qpatch import vram
 
-    ctx.out.step(f"measuring the workflow ({what})")
-    show = ctx.out.progress("workflow running")
-    try:
-        m = vram.measure_workflow(
-            ctx.api, prompt, progress=show, seed=seed, allow_oom=allow_oom, workflow=workflow
-        )
-    finally:
-        ctx.out.end_progress()
-    ctx.out.line(m.table())
-    if m.out_of_memory:
-        ctx.out.warn(f"the run ran out of memory ({m.error or 'no message'})".splitlines()[0])
-    return m
+    seed = vram.new_seed() if seed is None else seed
+    done: list[vram.Measurement] = []
+    for label in vram.run_labels(vram.DEFAULT_RUNS if runs is None else runs):
+        ctx.out.step(f"measuring the workflow ({what}, {label})")
+        show = ctx.out.progress("workflow running")
+        try:
+            m = vram.measure_workflow(
+                ctx.api,
+                prompt,
+                progress=show,
+                seed=seed,
+                allow_oom=allow_oom,
+                allow_killed=True,
+                workflow=workflow,
+            )
+        finally:
+            ctx.out.end_progress()
+        ctx.out.line(f"  {label}: {m.brief()}")
+        done.append(m)
+        if m.killed:
+            break
+    series = vram.Series.of(done)
+    ctx.out.line(series.table())
+    if series.out_of_memory:
+        error = series.as_measurement().error or "no message"
+        ctx.out.warn(f"the workflow ran out of memory ({error})".splitlines()[0])
+    return series
+
+
+def _refuse_killed(series: vram.Series, what: str) -> None:
+    """A killed run measured nothing: the command fails (exit 3, or apply's restore)."""
+    killed = series.killed_run
+    if killed is not None:
+        name, m = killed
+        raise CheckFailed(f"the {name} ({what}) was killed: {m.error or 'the run was cut'}")
 
 
 def recover_interrupted(ctx: Context) -> None:
@@ -97,6 +123,7 @@ def apply(
     dry_run: bool,
     restart: bool,
     workflow: dict[str, Any] | None = None,
+    runs: int | None = None,
 ) -> int:
     previous = ctx.store.load()
     applier = appliers.for_plan(plan)
@@ -109,7 +136,8 @@ def apply(
             ctx.out.warn(note)
         baseline = None
         if workflow:  # an out-of-memory baseline is the case users come with: a result
-            baseline = measure(ctx, workflow, "before, unpatched", allow_oom=True)
+            baseline = measure(ctx, workflow, "before, unpatched", runs=runs, allow_oom=True)
+            _refuse_killed(baseline, "before, unpatched")
         ledger = _new_ledger(ctx, plan, previous, baseline)
         applier.prepare(ctx, plan, ledger)  # from here on the original stays untouched
         _back_up(ctx, plan, ledger)
@@ -121,7 +149,7 @@ def apply(
         if stats is not None:
             ctx.result.argv = stats["system"].get("argv")
             if baseline is not None:  # a workflow that fails patched is a failed apply
-                _measure_after(ctx, workflow, baseline, ledger)
+                _measure_after(ctx, workflow, baseline, ledger, runs)
         event = "applied" + ("" if restart else " (not restarted)")
         ledger.restart_pending = False  # healthy after the restart, or none was made
         ctx.store.advance(ledger, State.APPLIED, event)
@@ -151,6 +179,12 @@ def _show_plan(ctx: Context, plan: Plan, previous: Ledger | None) -> bool:
     ctx.result.findings = findings
     if plan.container is not None:
         ctx.result.container = plan.container.to_json()
+    if plan.evidence is not None:
+        ctx.result.evidence = plan.evidence.to_json()
+        ctx.result.effects = [v.to_json() for v in plan.effects]
+        out.line("  evidence about this server:")
+        for fact in plan.evidence.facts():
+            out.line(f"    {fact}")
     for f in plan.report.findings:
         out.warn(str(f)) if f.severity == "warning" else out.line(f"  {f}")
     if not plan.changed:
@@ -210,7 +244,7 @@ def _dry_run(ctx: Context, plan: Plan, applier: Applier) -> int:
 
 
 def _new_ledger(
-    ctx: Context, plan: Plan, previous: Ledger | None, baseline: vram.Measurement | None
+    ctx: Context, plan: Plan, previous: Ledger | None, baseline: vram.Series | None
 ) -> Ledger:
     return Ledger(
         target=ctx.target.ref,
@@ -246,12 +280,17 @@ def _back_up(ctx: Context, plan: Plan, ledger: Ledger) -> None:
 
 
 def _measure_after(
-    ctx: Context, workflow: dict[str, Any], baseline: vram.Measurement, ledger: Ledger
+    ctx: Context,
+    workflow: dict[str, Any],
+    baseline: vram.Series,
+    ledger: Ledger,
+    runs: int | None,
 ) -> None:
     from qpatch import vram
 
-    after = measure(ctx, workflow, "after, patched", seed=baseline.seed)
+    after = measure(ctx, workflow, "after, patched", seed=baseline.seed, runs=runs)
     ledger.measurements["after"] = after.to_json()
+    _refuse_killed(after, "after, patched")
     comparison = vram.compare(baseline, after)
     ctx.out.line(comparison.table())
     ctx.result.comparison = comparison.to_json()
@@ -267,9 +306,10 @@ def verify(
     expect_saving: float | None = None,
     require_vram: bool = False,
     baseline: dict[str, Any] | None = None,
+    runs: int | None = None,
 ) -> int:
     """`baseline`: a saved measurement (`measure --save`) to compare with instead of the
-    one apply --measure left in the ledger."""
+    one apply --measure left in the ledger; `runs`: warm runs of the measurement now."""
     out = ctx.out
     ledger = ctx.store.load()
     checks: list[dict[str, Any]] = []
@@ -301,7 +341,7 @@ def verify(
     check("healthy", stats is not None, "answers /system_stats" if stats else "no answer")
     if workflow is not None and stats is not None:
         base = baseline if baseline is not None else ledger.measurements.get("baseline")
-        _verify_vram(ctx, base, workflow, expect_saving, require_vram, check)
+        _verify_vram(ctx, base, workflow, expect_saving, require_vram, check, runs)
     elif require_vram or expect_saving is not None:
         check("vram", False, "not measured: give --workflow to measure")
     else:
@@ -318,12 +358,17 @@ def _verify_vram(
     expect_saving: float | None,
     require_vram: bool,
     check: Any,
+    runs: int | None = None,
 ) -> None:
     from qpatch import vram
 
     seed = baseline.get("seed") if baseline else None
-    now = measure(ctx, workflow, "now", seed=seed)
+    now = measure(ctx, workflow, "now", seed=seed, runs=runs)
     ctx.result.measurement = now.to_json()
+    killed = now.killed_run
+    if killed is not None:
+        check("vram", False, f"the {killed[0]} was killed: {killed[1].error}")
+        return
     if baseline is None:
         problems = now.problems(require_vram=require_vram)
         if expect_saving is not None:
@@ -344,23 +389,18 @@ def _verify_vram(
 
 
 def measure_runs(
-    ctx: Context, workflow: dict[str, Any], *, runs: int, name: str | None = None
-) -> vram.Measurement:
-    """The workflow on the target as it is, `runs` times, nothing changed; the run with the
-    median peak stands for them (the first where no peak was measured). Out of memory is
-    a result here, as it is for apply's baseline."""
-    measured = [
-        measure(ctx, workflow, f"run {i + 1} of {runs}", allow_oom=True, workflow=name)
-        for i in range(runs)
-    ]
-    peaks = [m for m in measured if m.peak.value is not None]
-    chosen = sorted(peaks, key=lambda m: m.peak.value)[len(peaks) // 2] if peaks else measured[0]
-    ctx.result.measurement = chosen.to_json()
-    ctx.result.measurements = {"runs": [m.to_json() for m in measured]}
-    ctx.result.status = "out-of-memory" if chosen.out_of_memory else "measured"
-    if runs > 1:
-        ctx.out.line(f"standing for the {runs} runs (median peak): {chosen.summary()}")
-    return chosen
+    ctx: Context, workflow: dict[str, Any], *, runs: int | None, name: str | None = None
+) -> vram.Series:
+    """The workflow on the target as it is, nothing changed: a cold run and `runs` warm
+    ones. Out of memory is a result here, as it is for apply's baseline; a killed run is
+    reported in the JSON, then exit 3."""
+    series = measure(ctx, workflow, "as it is", runs=runs, allow_oom=True, workflow=name)
+    ctx.result.measurement = series.to_json()
+    if series.killed:
+        ctx.result.status = "killed"
+        _refuse_killed(series, "as it is")
+    ctx.result.status = "out-of-memory" if series.out_of_memory else "measured"
+    return series
 
 
 # --------------------------------------------------------------------------- rollback

@@ -24,11 +24,17 @@ def apply(
     start_script: str | None,
     restart_cmd: str | None,
     measure: str | None = None,
+    runs: int | None = None,
+    workflow: str | None = None,
+    allow_harmful: bool = False,
 ) -> int:
+    """`runs`: warm runs of each --measure measurement (None: vram.DEFAULT_RUNS).
+    `workflow` (else --measure's): read for evidence only, the weights' dtype."""
     if recreate and no_restart:
         raise BadInput("--recreate starts a new container: it cannot be combined with --no-restart")
     spec = load_patch(patch)
     prompt = load_workflow(measure) if measure else None
+    evidence_from = load_workflow(workflow) if workflow else prompt
     result.patch = spec.name
     with session(
         out,
@@ -43,5 +49,14 @@ def apply(
         out.step(f"{ctx.target.description}: {ctx.layout.describe()}")
         if recreate and ctx.layout.start_script:
             out.line(f"  --recreate not needed: {ctx.layout.start_script} carries env and flags")
-        plan = make_plan(ctx.target, ctx.layout, spec, recreate=recreate)
-        return engine.apply(ctx, plan, dry_run=dry_run, restart=not no_restart, workflow=prompt)
+        plan = make_plan(
+            ctx.target,
+            ctx.layout,
+            spec,
+            recreate=recreate,
+            workflow=evidence_from,
+            allow_harmful=allow_harmful,
+        )
+        return engine.apply(
+            ctx, plan, dry_run=dry_run, restart=not no_restart, workflow=prompt, runs=runs
+        )

@@ -13,22 +13,18 @@ def measure(
     *,
     target: str,
     workflow: str,
-    runs: int,
-    save: str | None,
+    runs: int | None = None,
+    save: str | None = None,
 ) -> int:
+    """A cold run and `runs` warm ones (None: vram.DEFAULT_RUNS); `save` keeps the series."""
     prompt = load_workflow(workflow)
     if save is not None:
         baselines.load_name_check(save)  # a bad name fails before minutes of measuring
     with session(out, result, target) as ctx:
-        chosen = engine.measure_runs(ctx, prompt, runs=runs, name=workflow)
+        series = engine.measure_runs(ctx, prompt, runs=runs, name=workflow)
         if save is not None:
-            runs_json = (result.measurements or {}).get("runs", [])
             path = baselines.save(
-                save,
-                target=ctx.target.ref,
-                workflow=workflow,
-                measurement=chosen.to_json(),
-                runs=runs_json,
+                save, target=ctx.target.ref, workflow=workflow, measurement=series.to_json()
             )
             out.ok(
                 f"saved as baseline {save!r} ({path}); compare with: "

@@ -16,7 +16,9 @@ def verify(
     expect_saving: float | None = None,
     require_vram: bool = False,
     baseline: str | None = None,
+    runs: int | None = None,
 ) -> int:
+    """`runs`: warm runs of the --workflow measurement (None: vram.DEFAULT_RUNS)."""
     prompt = load_workflow(workflow) if workflow else None
     saved = baselines.load(baseline) if baseline else None
     with session(out, result, target, require_running=False) as ctx:
@@ -26,4 +28,5 @@ def verify(
             expect_saving=expect_saving,
             require_vram=require_vram,
             baseline=saved,
+            runs=runs,
         )

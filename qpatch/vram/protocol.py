@@ -8,6 +8,17 @@ figures as a ui text that is a JSON object (the node-figures contract, `NODE_KEY
 ``peak_allocated_bytes`` (``torch.cuda.max_memory_allocated``), ``step_time_s`` (median per
 step) and ``output_checksum`` (compared when both runs used one seed).
 
+**A killed run.** Today's transport cannot tell a dead server from a slow one by itself:
+every request is an exec in the target, so a container that stopped makes the exec fail
+(a QpatchError out of `run_workflow`), while a dead local server answers each /history poll
+with status 0 ("no answer"), which `run_workflow` takes for "not done yet" until its 600 s
+limit. A run ComfyUI itself cut (POST /interrupt) ends with an ``execution_interrupted``
+message instead of ``execution_error``. All three are one outcome here, KILLED: a
+`_Watch` asks the target's state every second while the run is polled (stopped, or
+restarted by its runtime: killed at once), an error out of the run is classified by asking
+again (`_server_gone`: stopped, restarted, or no longer answering HTTP), and the
+interrupted message is read by `run_failure`.
+
 This is the part that changes with ComfyUI's API; the readings come from `sources` and the
 figures they make are `figures`' business.
 """
@@ -23,17 +34,21 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from qpatch.comfy_api import ComfyAPI
-from qpatch.errors import CheckFailed
-from qpatch.vram.figures import NO_GPU, OUT_OF_MEMORY, Figure, Measurement
+from qpatch.errors import CheckFailed, QpatchError
+from qpatch.targets.base import Target, TargetState
+from qpatch.vram.figures import KILLED, NO_GPU, OUT_OF_MEMORY, Figure, Measurement
 from qpatch.vram.sources import (
     NVML_INTERVAL_S,
     STATS_INTERVAL_S,
+    HostRss,
     NvmlSource,
     NvmlUnavailable,
     Peaks,
+    PidCache,
     Sampler,
     SampleSource,
     SystemStatsSource,
+    host_ram_unseen,
 )
 from qpatch.workflow import WorkflowRun, run_workflow
 
@@ -42,6 +57,12 @@ FREE_SETTLE_S = 1.0  # ComfyUI's worker thread drops its caches after /free, not
 SEED_INPUTS = ("seed", "noise_seed")
 #: A ui text that is a JSON object with any of these keys is a node's own report.
 NODE_KEYS = ("peak_allocated_bytes", "step_time_s", "output_checksum")
+WATCH_S = 1.0  # how often a running measurement asks whether the server is still there
+
+
+def new_seed() -> int:
+    """One seed for every run of a series, so their outputs (and the next series') compare."""
+    return random.randrange(2**31)
 
 
 def vary_seed(prompt: Mapping[str, Any], seed: int) -> tuple[dict[str, Any], list[str]]:
@@ -107,14 +128,19 @@ class _Chosen:
     close: Callable[[], None] = lambda: None
 
 
-def _choose_source(api: ComfyAPI, stats: Mapping[str, Any] | None, use_nvml: bool) -> _Chosen:
+def _choose_source(
+    api: ComfyAPI,
+    stats: Mapping[str, Any] | None,
+    use_nvml: bool,
+    pids: Callable[[], Iterable[int]] | None = None,
+) -> _Chosen:
     dev = ((stats or {}).get("devices") or [None])[0] or {}
     dtype, dname = dev.get("type"), dev.get("name")
     notes: list[str] = []
     nvml_seen_gpu = False
     if use_nvml:
         try:
-            nv = NvmlSource(api.target.host_pids)
+            nv = NvmlSource(pids or api.target.host_pids)
         except NvmlUnavailable as e:
             notes.append(f"NVML not used: {e}")
         else:
@@ -138,6 +164,19 @@ def _choose_source(api: ComfyAPI, stats: Mapping[str, Any] | None, use_nvml: boo
     return chosen
 
 
+def _host_ram(
+    target: Target, pids: Callable[[], Iterable[int]]
+) -> tuple[HostRss | None, str | None]:
+    """The host RAM reader for the target's processes, or why there is none."""
+    try:
+        listed = list(pids())
+        servers = [p.argv for p in target.server_processes()]
+    except QpatchError as e:
+        return None, f"the target's processes could not be listed: {e}"
+    reason = host_ram_unseen(listed, servers)
+    return (None, reason) if reason else (HostRss(pids), None)
+
+
 def free_cache(api: ComfyAPI, settle: float = FREE_SETTLE_S) -> bool:
     """Ask ComfyUI to unload models and drop its caches (its worker thread then resets the
     executor, so every node runs again, and empties torch's cache), and give it a moment."""
@@ -158,6 +197,7 @@ def measure_workflow(
     seed: int | None = None,
     workflow: str | None = None,
     allow_oom: bool = False,
+    allow_killed: bool = False,
 ) -> Measurement:
     """Run `prompt` once for real and measure it.
 
@@ -166,29 +206,107 @@ def measure_workflow(
     random one when None). Pass the same `seed` to a baseline and a later run to compare
     their outputs (`Comparison.same_output`). Raises CheckFailed when the run fails —
     unless it ran out of GPU memory and `allow_oom`: that is the case users come with, so
-    the run is a result (outcome "out-of-memory", with the peak it reached)."""
-    seed = random.randrange(2**31) if seed is None else seed
+    the run is a result (outcome "out-of-memory", with the peak it reached). A run that
+    was killed (the module's docstring) is a result with `allow_killed` (outcome
+    "killed", with the reason), a CheckFailed without."""
+    seed = new_seed() if seed is None else seed
     prompt, seed_inputs = vary_seed(prompt, seed)
     stats = api.system_stats()
-    chosen = _choose_source(api, stats, use_nvml)
-    interval = interval or (NVML_INTERVAL_S if chosen.name == "nvml" else STATS_INTERVAL_S)
+    pids = PidCache(api.target.host_pids)
+    chosen = _choose_source(api, stats, use_nvml, pids)
+    rss, rss_unseen = _host_ram(api.target, pids)
+    interval = interval or (STATS_INTERVAL_S if chosen.name == "system_stats" else NVML_INTERVAL_S)
+    watch = _Watch(api.target, progress)
+    started = time.monotonic()
+    killed: str | None = None
     try:
         freed = free_cache(api)
-        if chosen.source is None:
-            run, peaks = run_workflow(api, prompt, timeout=timeout, progress=progress), None
-        else:
-            with Sampler(chosen.source, interval) as sampler:
-                run = run_workflow(api, prompt, timeout=timeout, progress=progress)
-            peaks = sampler.peaks()
+        with Sampler(chosen.source, interval, rss) as sampler:
+            try:
+                run: WorkflowRun | None = run_workflow(api, prompt, timeout=timeout, progress=watch)
+            except RunKilled as e:
+                run, killed = None, str(e)
+            except QpatchError as e:  # the exec carrying a request failed, or time ran out
+                gone = _server_gone(api, watch.start, e)
+                if gone is None:
+                    raise
+                run, killed = None, gone
+        peaks = sampler.peaks() if chosen.source is not None or rss is not None else None
     finally:
         chosen.close()
-    failure = run_failure(run)
-    if failure is not None and not (allow_oom and failure.out_of_memory):
-        raise CheckFailed(f"the workflow failed while being measured ({failure})")
-    m = _measurement(run, peaks, chosen, interval)
+    if run is None:
+        wall = time.monotonic() - started
+        run = WorkflowRun("", wall, "killed", {}, [])
+        failure: RunFailure | None = RunFailure("?", "killed", killed or "the run was cut")
+    else:
+        failure = run_failure(run)
+    if failure is not None and not (
+        (allow_oom and failure.out_of_memory) or (allow_killed and failure.killed)
+    ):
+        what = "was killed" if failure.killed else "failed"
+        raise CheckFailed(f"the workflow {what} while being measured ({failure})")
+    m = _measurement(run, peaks, chosen, interval, rss_unseen)
     if failure is not None:
-        m = replace(m, outcome=OUT_OF_MEMORY, error=failure.message)
+        outcome = KILLED if failure.killed else OUT_OF_MEMORY
+        m = replace(m, outcome=outcome, error=failure.message, prompt_id=run.prompt_id or None)
     return replace(m, workflow=workflow, seed=seed, seed_inputs=seed_inputs, freed=freed)
+
+
+class RunKilled(CheckFailed):
+    """The server went away while a run was measured; the message says how."""
+
+
+class _Watch:
+    """The progress callback of a measured run, which also asks the target, every
+    WATCH_S, whether its server still runs: a server that stopped or was restarted by its
+    runtime ends the run as killed at once, not at run_workflow's 600 s limit."""
+
+    def __init__(self, target: Target, progress: Callable[[float], None] | None) -> None:
+        self.target = target
+        self.progress = progress
+        self.start = _state(target)
+        self._next = time.monotonic() + WATCH_S
+
+    def __call__(self, elapsed: float) -> None:
+        if self.progress is not None:
+            self.progress(elapsed)
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + WATCH_S
+        gone = _stopped(_state(self.target), self.start)
+        if gone is not None:
+            raise RunKilled(gone)
+
+
+def _state(target: Target) -> TargetState | None:
+    """The target's state, or None when it cannot say right now (never fatal here)."""
+    try:
+        return target.state()
+    except QpatchError:
+        return None
+
+
+def _stopped(now: TargetState | None, start: TargetState | None) -> str | None:
+    if now is None:
+        return None
+    if not now.running:
+        return f"the server stopped during the run ({now.detail})"
+    if start is not None and now.restarts > start.restarts:
+        return f"the server was restarted during the run ({now.restarts - start.restarts}x)"
+    return None
+
+
+def _server_gone(api: ComfyAPI, start: TargetState | None, error: QpatchError) -> str | None:
+    """Why the run's `error` means the server went away, or None: a real error (a hang
+    with the server up, a refused prompt) stays one."""
+    gone = _stopped(_state(api.target), start)
+    if gone is not None:
+        return gone
+    try:
+        answers = api.system_stats() is not None
+    except QpatchError:
+        answers = False
+    return None if answers else f"ComfyUI stopped answering HTTP during the run ({error})"
 
 
 @dataclass(frozen=True)
@@ -196,7 +314,7 @@ class RunFailure:
     """Why ComfyUI says a run failed: the node and its exception, as /history carries them."""
 
     node_type: str
-    exception_type: str
+    exception_type: str  # "killed": the server went away, or ComfyUI cut the run
     message: str
 
     @property
@@ -205,6 +323,10 @@ class RunFailure:
         return "OutOfMemoryError" in self.exception_type or any(
             marker in self.message for marker in OOM_MARKERS
         )
+
+    @property
+    def killed(self) -> bool:
+        return self.exception_type == "killed"
 
     def __str__(self) -> str:
         return f"{self.node_type}: {self.message.strip()}"
@@ -218,18 +340,27 @@ def run_failure(run: WorkflowRun) -> RunFailure | None:
     if run.status == "success":
         return None
     for m in run.messages:
-        if isinstance(m, list) and len(m) == 2 and m[0] == "execution_error":
-            e = m[1] if isinstance(m[1], dict) else {}
+        if not (isinstance(m, list) and len(m) == 2):
+            continue
+        e = m[1] if isinstance(m[1], dict) else {}
+        if m[0] == "execution_error":
             return RunFailure(
                 str(e.get("node_type", "?")),
                 str(e.get("exception_type", "")),
                 str(e.get("exception_message", "")),
             )
+        if m[0] == "execution_interrupted":  # POST /interrupt, or a node that cut the run
+            node = str(e.get("node_type", "?"))
+            return RunFailure(node, "killed", f"ComfyUI says the run was interrupted at {node}")
     return RunFailure("?", "", "see ComfyUI's log")
 
 
 def _measurement(
-    run: WorkflowRun, peaks: Peaks | None, chosen: _Chosen, interval: float
+    run: WorkflowRun,
+    peaks: Peaks | None,
+    chosen: _Chosen,
+    interval: float,
+    host_ram_unseen: str | None = None,
 ) -> Measurement:
     src = chosen.name
     node = node_report(run.ui_texts())
@@ -242,6 +373,9 @@ def _measurement(
     notes += node_notes
     node_peak = (node or {}).get("peak_allocated_bytes")
     node_step = (node or {}).get("step_time_s")
+    rss = peaks.host_rss if peaks else None
+    if rss is None and host_ram_unseen is None:
+        host_ram_unseen = "no reading of the target's processes succeeded"
     return Measurement(
         source=src,
         device_type=chosen.device_type,
@@ -262,4 +396,6 @@ def _measurement(
         samples=peaks.samples if peaks else 0,
         sample_errors=peaks.errors if peaks else 0,
         notes=notes,
+        host_ram_peak=Figure(rss, "bytes", "proc" if rss is not None else None),
+        host_ram_not_measured=None if rss is not None else host_ram_unseen,
     )

@@ -19,6 +19,12 @@ an exec), which can miss a peak shorter than that; the node's own
 host sees them; where qpatch runs in another PID namespace than the target's processes, it
 sees none of them and /system_stats is used.
 
+**Host RAM** of the target's processes (`HostRss`): their resident set sizes summed, from
+``/proc/<pid>/statm`` on this host, read by the same sampler thread at the same moments.
+Only where this host sees those processes (`host_ram_unseen` says why not: a remote engine,
+another PID namespace); shared pages count once per process that maps them, so a forked
+tree reads a little high, which one python (ComfyUI) does not.
+
 Which GPU "the device" is: the one the target used most (ComfyUI runs a workflow on one
 device). Summing a host's GPUs would add other tenants' memory and dilute the ratio; taking
 the busiest GPU could report someone else's card.
@@ -31,10 +37,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from qpatch.comfy_api import ComfyAPI
@@ -64,6 +72,8 @@ class Sample:
 
 #: A measurement source: returns a reading, or None when there is none this time.
 SampleSource = Callable[[], "Sample | None"]
+#: Host RAM of the target's processes in bytes, or None when none of them is readable.
+RssSource = Callable[[], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -76,18 +86,27 @@ class Peaks:
     samples: int
     errors: int
     last_error: str | None
+    host_rss: int | None = None  # peak RSS summed over the target's processes on this host
 
 
 class Sampler:
-    """Keeps the peak of a source's readings, read every `interval` seconds on a thread.
+    """Keeps the peak of a source's readings, read every `interval` seconds on a thread,
+    and of the host RAM of the target's processes (`host_rss`) at the same moments.
 
     One reading is taken when it starts and one when it stops, so even a run shorter than
     the interval has a before and an after. A reading that fails is counted, not fatal: a
     measurement must never break the workflow it measures."""
 
-    def __init__(self, source: SampleSource, interval: float = NVML_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        source: SampleSource | None,
+        interval: float = NVML_INTERVAL_S,
+        host_rss: RssSource | None = None,
+    ) -> None:
         self.source = source
+        self.host_rss = host_rss
         self.interval = interval
+        self._rss: int | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,15 +146,24 @@ class Sampler:
             due = max(due + self.interval, time.monotonic())
 
     def read_once(self) -> None:
+        if self.source is not None:
+            s = self._read(self.source)
+            if s is not None:
+                self._add(s)
+        if self.host_rss is not None:
+            rss = self._read(self.host_rss)
+            if rss is not None:
+                with self._lock:
+                    self._rss = rss if self._rss is None else max(self._rss, rss)
+
+    def _read(self, source: Callable[[], Any]) -> Any:
         try:
-            s = self.source()
+            return source()
         except Exception as e:  # any failure of a source is one skipped reading
             with self._lock:
                 self._errors += 1
                 self._last_error = f"{type(e).__name__}: {e}"
-            return
-        if s is not None:
-            self._add(s)
+            return None
 
     def _add(self, s: Sample) -> None:
         with self._lock:
@@ -159,6 +187,7 @@ class Sampler:
                 samples=self._samples,
                 errors=self._errors,
                 last_error=self._last_error,
+                host_rss=self._rss,
             )
 
 
@@ -286,3 +315,73 @@ class SystemStatsSource:
     def __call__(self) -> Sample | None:
         stats = self.api.system_stats()
         return sample_from_stats(stats) if stats else None
+
+
+# -- host RAM of the target's processes --------------------------------------------------------
+
+PROC = Path("/proc")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class HostRss:
+    """The resident memory of the target's processes on this host, summed: field 2 of
+    /proc/<pid>/statm (resident pages; VmRSS of /proc/<pid>/status, without the parsing)
+    times the page size. A process that ended since the PIDs were listed is skipped."""
+
+    name = "proc"
+
+    def __init__(self, pids: Callable[[], Iterable[int]], proc: Path = PROC) -> None:
+        self._pids = pids
+        self._proc = proc
+
+    def __call__(self) -> int | None:
+        total, seen = 0, False
+        for pid in self._pids():
+            try:
+                resident = (self._proc / str(pid) / "statm").read_text().split()[1]
+            except (OSError, IndexError):
+                continue
+            total += int(resident) * PAGE_SIZE
+            seen = True
+        return total if seen else None
+
+
+def host_ram_unseen(
+    pids: Sequence[int], servers: Sequence[Sequence[str]], proc: Path = PROC
+) -> str | None:
+    """Why this host cannot read the RAM of the target's processes; None: it can.
+
+    `pids` are the target's processes as its runtime reports them (`Target.host_pids`),
+    `servers` the argv of ComfyUI's server as the target sees it (`server_processes`). A
+    remote engine reports its own host's PIDs: here they name nothing, or someone else's
+    processes, so at least one of them must run the server's own command line."""
+    if not proc.is_dir():
+        return f"this host has no {proc}"
+    if not pids:
+        return "the target names no processes on this host"
+    seen = {pid: argv for pid in pids if (argv := _cmdline(proc, pid)) is not None}
+    if not seen:
+        return (
+            f"the target's processes (PIDs {_few(pids)}) are not visible from this host: "
+            "a remote engine or another PID namespace"
+        )
+    wanted = {tuple(a) for a in servers}
+    if wanted and not wanted & set(seen.values()):
+        return (
+            f"PIDs {_few(pids)} run other programs on this host: the target's processes "
+            "live elsewhere (a remote engine)"
+        )
+    return None
+
+
+def _cmdline(proc: Path, pid: int) -> tuple[str, ...] | None:
+    try:
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return None
+    return tuple(a.decode("utf-8", "replace") for a in raw.split(b"\0") if a)
+
+
+def _few(pids: Sequence[int]) -> str:
+    shown = ", ".join(str(p) for p in list(pids)[:5])
+    return shown + (", …" if len(pids) > 5 else "")

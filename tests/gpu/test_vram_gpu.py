@@ -15,6 +15,11 @@ e. a chained sampling loop (latents from the previous step's output, no detach) 
    50 steps: the patch (autograd: off, the node never asks for gradients) sits on the
    floor of the same loop run without autograd: peak <= 1.02x, step <= 1.03x, same output.
 
+Every measurement is a cold run and N warm runs (`--runs`). Test a runs the default, three:
+its saving must stand above the runs' noise, row by row, and `verify --expect-saving`
+counts it only there. The others are about ratios and the ±5% tolerance, not noise, and
+run `--runs 1` (a cold run and one warm one) to keep within the lent machine's time.
+
 The tests run in this order on one server (tests/gpu/conftest.py); c compares what a and b
 measured. Each apply/verify/rollback prints its tables as it runs (`pytest -s`).
 """
@@ -26,7 +31,7 @@ from typing import Any
 import pytest
 
 from qpatch import vram
-from tests.gpu.conftest import CHAINED_STEPS, ON_CPU, CliRun, ComfyBed, sha256_file
+from tests.gpu.conftest import CHAINED_STEPS, LOADER, ON_CPU, CliRun, ComfyBed, sha256_file
 
 torch = pytest.importorskip("torch", reason="ComfyUI needs torch; this machine has none")
 
@@ -39,26 +44,39 @@ pytestmark = [
     ),
 ]
 
-APPLY_TIMEOUT_S = 480.0  # two workflow runs, `main.py --help` and a restart
-VERIFY_TIMEOUT_S = 240.0
+#: Kill timers for a CLI that hangs, not performance claims: with the default three warm
+#: runs, apply makes eight workflow runs besides `main.py --help` and a restart.
+APPLY_TIMEOUT_S = 900.0
+VERIFY_TIMEOUT_S = 480.0
 ROLLBACK_TIMEOUT_S = 240.0
 EXPECT_SAVING_PCT = "50"
+ONE_RUN = ["--runs", "1"]  # a cold run and one warm one: for tests not about noise
 
 
-def round_trip(bed: ComfyBed, kind: str, *, verify_exit: int) -> dict[str, CliRun]:
-    """apply --measure, verify --expect-saving, rollback, on one of the bed's workflows.
+def round_trip(
+    bed: ComfyBed, kind: str, *, verify_exit: int, runs_flag: list[str] | None = None
+) -> dict[str, CliRun]:
+    """apply --measure, verify --expect-saving, rollback, on one of the bed's workflows;
+    `runs_flag` (e.g. ONE_RUN) goes to both measuring commands, else their default.
 
     The rollback runs whatever happened before it, so the next test finds the server
     unpatched; everything is asserted once the files are back. What is common to both
     nodes is asserted here; the measurements are the caller's."""
     workflow = str(bed.workflows[kind])
     vram_flags = [] if bed.on_cpu else ["--require-vram"]  # on a GPU, "not measured" fails
+    runs_flag = runs_flag or []
     before = bed.hashes()
     runs: dict[str, CliRun] = {}
     bed.results[kind] = runs
     try:
         runs["apply"] = bed.qpatch(
-            f"{kind}-apply", "apply", bed.ref, "--measure", workflow, timeout=APPLY_TIMEOUT_S
+            f"{kind}-apply",
+            "apply",
+            bed.ref,
+            "--measure",
+            workflow,
+            *runs_flag,
+            timeout=APPLY_TIMEOUT_S,
         )
         if runs["apply"].code == 0:  # no target: the one apply recorded on this host
             runs["verify"] = bed.qpatch(
@@ -69,6 +87,7 @@ def round_trip(bed: ComfyBed, kind: str, *, verify_exit: int) -> dict[str, CliRu
                 "--expect-saving",
                 EXPECT_SAVING_PCT,
                 *vram_flags,
+                *runs_flag,
                 timeout=VERIFY_TIMEOUT_S,
             )
     finally:
@@ -86,7 +105,10 @@ def round_trip(bed: ComfyBed, kind: str, *, verify_exit: int) -> dict[str, CliRu
 
     assert bed.hashes() == before, "rollback did not restore the patched files byte-exact"
     written = applied.result["files"]
-    assert {f["path"] for f in written} >= {str(bed.root / p) for p in bed.tracked}
+    # On a --cpu server the bundled patch's start-script edits are judged no-ops and left
+    # out (qpatch/effects.yaml): there only the loader must have been written.
+    must = [LOADER] if bed.on_cpu else bed.tracked
+    assert {f["path"] for f in written} >= {str(bed.root / p) for p in must}
     for f in written:  # every file qpatch itself says it wrote, not only the two we expect
         assert sha256_file(bed.root / f["path"]) == f["sha256_before"], f["path"]
 
@@ -109,21 +131,31 @@ def ratio(comparison: dict[str, Any], key: str) -> float:
 
 
 def test_grad_on_node_peak_at_least_halves(bed: ComfyBed) -> None:
+    """The default three warm runs a side: the saving stands above the runs' noise."""
     runs = round_trip(bed, "grad_on", verify_exit=0)
     comparison = runs["apply"].result["comparison"]
     assert comparison["same_output"] is True, "the patch changed the node's output"
     assert all(c["ok"] for c in runs["verify"].result["checks"])
+    for c in (comparison, runs["verify"].result["comparison"]):
+        assert c["runs"] == {"before": 3, "after": 3} and c["spread_known"] is True
+        peak = row(c, "target_peak")
+        assert peak["before_runs"]["n"] == peak["after_runs"]["n"] == 3
+    host = row(comparison, "host_ram_peak")  # a local target: its PIDs are this host's
+    assert host["before"]["source"] == host["after"]["source"] == "proc", host
     if bed.on_cpu:
         return  # RAM of a --cpu server: the ratio says nothing about VRAM
     assert ratio(comparison, "target_peak") <= 0.5, comparison["verdict"]
     assert row(comparison, "target_peak")["before"]["source"] == "nvml", (
         "the target's peak is not NVML's: NVML did not list ComfyUI's processes (PID namespace?)"
     )
+    peak = row(comparison, "target_peak")
+    assert peak["verdict"] == "saving" and -peak["difference"] > peak["threshold"], peak
+    assert comparison["counted_saving_pct"] >= float(EXPECT_SAVING_PCT), comparison["verdict"]
 
 
 def test_inference_node_no_significant_change(bed: ComfyBed) -> None:
     """`verify --expect-saving 50` must exit 3 here: checkpointing has nothing to save."""
-    runs = round_trip(bed, "inference", verify_exit=0 if bed.on_cpu else 3)
+    runs = round_trip(bed, "inference", verify_exit=0 if bed.on_cpu else 3, runs_flag=ONE_RUN)
     comparison = runs["apply"].result["comparison"]
     assert comparison["same_output"] is True, "the patch changed the node's output"
     if bed.on_cpu:
@@ -159,7 +191,7 @@ def test_patched_grad_on_node_reaches_inference_floor(bed: ComfyBed) -> None:
 
 
 def test_out_of_memory_unpatched_completes_patched(bed: ComfyBed) -> None:
-    runs = round_trip(bed, "oom", verify_exit=0)
+    runs = round_trip(bed, "oom", verify_exit=0, runs_flag=ONE_RUN)
     comparison = runs["apply"].result["comparison"]
     assert comparison["before_outcome"] == "out-of-memory", comparison["verdict"]
     assert comparison["after_outcome"] == "completed", comparison["verdict"]
@@ -194,6 +226,7 @@ def test_chained_loop_patched_sits_on_the_floor_at_any_step_count(
             str(bed.workflows[f"chained_floor_{steps}"]),
             "--save",
             floor_name,
+            *ONE_RUN,
             timeout=VERIFY_TIMEOUT_S,
         )
         assert runs["floor"].code == 0, runs["floor"].explain()
@@ -203,6 +236,7 @@ def test_chained_loop_patched_sits_on_the_floor_at_any_step_count(
             bed.ref,
             "--measure",
             workflow,
+            *ONE_RUN,
             timeout=APPLY_TIMEOUT_S,
         )
         assert runs["apply"].code == 0, runs["apply"].explain()
@@ -213,6 +247,7 @@ def test_chained_loop_patched_sits_on_the_floor_at_any_step_count(
             workflow,
             "--baseline",
             floor_name,
+            *ONE_RUN,
             timeout=VERIFY_TIMEOUT_S,
         )
     finally:

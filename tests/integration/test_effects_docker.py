@@ -41,16 +41,17 @@ def patch_file(folder: Path, body: str) -> Path:
     return path
 
 
-def put_fp8_weights(c: Container) -> None:
-    """A real safetensors file (header and bytes) of fp8 weights, as the official
-    qwen_image_fp8_e4m3fn is, only small."""
-    table = {"w": {"dtype": "F8_E4M3", "shape": [64], "data_offsets": [0, 64]}}
+def put_weights(c: Container, path: str = WEIGHTS, dtype: str = "F8_E4M3") -> None:
+    """A real safetensors file (header and bytes), fp8 as the official qwen_image_fp8_e4m3fn
+    is by default, only small."""
+    size = 64 * (1 if dtype.startswith("F8") else 2)
+    table = {"w": {"dtype": dtype, "shape": [64], "data_offsets": [0, size]}}
     header = json.dumps(table).encode()
-    data = struct.pack("<Q", len(header)) + header + bytes(64)
+    data = struct.pack("<Q", len(header)) + header + bytes(size)
     write = "import sys; open(sys.argv[1], 'wb').write(bytes.fromhex(sys.argv[2]))"
-    r = c.exec_run(["mkdir", "-p", WEIGHTS.rsplit("/", 1)[0]])
+    r = c.exec_run(["mkdir", "-p", path.rsplit("/", 1)[0]])
     assert r.exit_code == 0
-    r = c.exec_run([TESTBED_PYTHON, "-c", write, WEIGHTS, data.hex()])
+    r = c.exec_run([TESTBED_PYTHON, "-c", write, path, data.hex()])
     assert r.exit_code == 0, r.output
 
 
@@ -86,7 +87,7 @@ def test_dry_run_lists_every_edit_with_its_effect_and_evidence(profiled: Contain
 def test_bf16_unet_over_fp8_weights_is_refused_with_the_reason(
     profiled: Container, tmp_path: Path
 ) -> None:
-    put_fp8_weights(profiled)
+    put_weights(profiled)
     before = hashes(profiled)
     patch = patch_file(tmp_path, "steps:\n  - startup:\n      flags: [--bf16-unet]\n")
     r = qpatch("apply", profiled.name, "--patch", str(patch))
@@ -99,10 +100,40 @@ def test_bf16_unet_over_fp8_weights_is_refused_with_the_reason(
         tmp_path,
         "steps:\n  - startup:\n      flags: [{flag: --bf16-unet, allow_harmful: true}]\n",
     )
-    r = qpatch("apply", profiled.name, "--patch", str(allowed), "--dry-run", "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["effects"][0]["effect"] == "harmful"
+    for args in (["--patch", str(allowed)], ["--patch", str(patch), "--allow-harmful"]):
+        r = qpatch("apply", profiled.name, *args, "--dry-run", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["effects"][0]["effect"] == "harmful"
     assert hashes(profiled) == before
+
+
+def test_the_workflow_names_the_weights_that_decide(profiled: Container, tmp_path: Path) -> None:
+    """fp8 weights lie in the folder, but the workflow loads a bf16 file: --bf16-unet is a
+    no-op for it, left out, not refused."""
+    put_weights(profiled)
+    bf16 = WEIGHTS.replace("qwen_image_fp8_e4m3fn", "qwen_image_bf16")
+    put_weights(profiled, bf16, "BF16")
+    workflow = tmp_path / "wf.json"
+    loader = {"unet_name": "qwen_image_bf16.safetensors", "weight_dtype": "default"}
+    workflow.write_text(json.dumps({"1": {"class_type": "UNETLoader", "inputs": loader}}))
+    patch = patch_file(tmp_path, "steps:\n  - startup:\n      flags: [--bf16-unet]\n")
+    r = qpatch(
+        "apply",
+        profiled.name,
+        "--patch",
+        str(patch),
+        "--workflow",
+        str(workflow),
+        "--dry-run",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["evidence"]["weights_dtype"] == {
+        "value": "bf16",
+        "source": "safetensors header of qwen_image_bf16.safetensors",
+    }
+    assert result["effects"][0]["effect"] == "no-op"
 
 
 def test_when_picks_the_edit_meant_for_each_version(profiled: Container, tmp_path: Path) -> None:

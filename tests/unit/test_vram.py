@@ -203,21 +203,30 @@ def test_not_measured_passes_unless_vram_is_required() -> None:
 def test_table_is_aligned_plain_text_ending_in_the_verdict() -> None:
     c = compare(measured(41.71, node_gib=40.48), measured(10.65, node_gib=9.17))
     lines = c.table().splitlines()
-    assert lines[-2] == "saved 31.06 GiB (−74%) at +0% time"
-    assert lines[-1] == "output: same (node checksum)"
-    header, *rows = lines[:-2]
-    assert header.split() == ["before", "after", "ratio", "source"]
+    header, *rows = lines[: 1 + len(vram.ROWS)]
+    tail = lines[1 + len(vram.ROWS) :]
+    assert tail[0] == "saved 31.06 GiB (−74%) at +0% time"
+    assert tail[1] == "output: same (node checksum)"
+    assert tail[2].startswith("spread unknown (1 run)")  # one run a side: the ±5% of before
+    assert header.split() == [
+        *("before", "min", "median", "max", "after", "min", "median", "max"),
+        *("ratio", "verdict", "source"),
+    ]
     # figures are right-aligned: every ratio ends in the same column
-    ends = {line.index("×") for line in rows}
+    ends = {line.index("×") for line in rows if "×" in line}
     assert len(ends) == 1, c.table()
-    assert "41.71 GiB" in rows[0] and "10.65 GiB" in rows[0] and rows[0].endswith("nvml")
+    assert rows[0].startswith("peak VRAM, target's processes (GiB)")
+    assert rows[0].split()[-9:] == [
+        *("41.71", "41.71", "41.71", "10.65", "10.65", "10.65"),
+        *("0.26×", "saving", "nvml"),
+    ]
     assert all(line.isprintable() for line in lines)
 
 
 def test_missing_figures_print_as_n_a() -> None:
     c = compare(measured(None, device_gib=10.0), measured(None, device_gib=5.0))
     target = c.table().splitlines()[1]
-    assert target.split()[-2:] == ["n/a", "n/a"]
+    assert target.split()[-8:] == ["n/a"] * 8  # six figures, the ratio, the verdict
 
 
 def test_different_seeds_make_no_claim_about_the_output() -> None:
@@ -232,7 +241,10 @@ def test_comparison_json_carries_every_figure_with_its_source() -> None:
     assert d["measured"] and d["basis"] == "target_peak" and d["verdict"] == c.verdict
     assert d["saving_pct"] == pytest.approx(100 * (1 - 10.65 / 41.71))
     keys = [r["key"] for r in d["rows"]]
-    assert keys == ["target_peak", "device_peak", "node_peak_allocated", "node_step_time", "wall_s"]
+    assert keys == [
+        *("target_peak", "device_peak", "node_peak_allocated", "node_step_time", "wall_s"),
+        "host_ram_peak",
+    ]
     for r in d["rows"]:
         for side in ("before", "after"):
             assert set(r[side]) == {"value", "unit", "source"}
@@ -402,3 +414,83 @@ def test_pid_cache_refreshes_at_most_every_interval() -> None:
     assert cache() == {1}, "a failed refresh keeps the last known set"
     time.sleep(0.06)
     assert cache() == {3}
+
+
+# -- host RAM of the target's processes, read from this host's real /proc ------------------
+
+
+def own_argv() -> tuple[str, ...]:
+    with open("/proc/self/cmdline", "rb") as f:
+        return tuple(a.decode() for a in f.read().split(b"\0") if a)
+
+
+def unused_pid() -> int:
+    """A PID no process has now (the highest PIDs are free on any machine)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid = int(f.read()) - 1
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_host_rss_sums_the_resident_memory_of_the_pids_it_can_read() -> None:
+    mine = vram.HostRss(lambda: [os.getpid()])()
+    assert mine is not None and abs(mine - rss()) < 64 * MIB
+    both = vram.HostRss(lambda: [os.getpid(), os.getppid(), unused_pid()])()
+    assert both is not None and both > mine  # the parent counted, the missing PID skipped
+    assert vram.HostRss(lambda: [unused_pid()])() is None  # nothing read: no figure, not 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="needs Linux /proc")
+def test_host_ram_is_measured_only_where_this_host_sees_the_servers_processes(
+    tmp_path: Any,
+) -> None:
+    me = os.getpid()
+    assert vram.host_ram_unseen([me], [own_argv()]) is None
+    assert vram.host_ram_unseen([me], []) is None  # no server listed: nothing to check against
+    gone = unused_pid()
+    unseen = vram.host_ram_unseen([gone], [own_argv()])
+    assert unseen == (
+        f"the target's processes (PIDs {gone}) are not visible from this host: "
+        "a remote engine or another PID namespace"
+    )
+    # PIDs that exist here but run something else: another host's numbers (a remote engine)
+    elsewhere = vram.host_ram_unseen([me], [("python", "main.py", "--listen")])
+    assert elsewhere is not None and "live elsewhere (a remote engine)" in elsewhere
+    assert vram.host_ram_unseen([], []) == "the target names no processes on this host"
+    no_proc = tmp_path / "no-proc"
+    assert vram.host_ram_unseen([me], [], proc=no_proc) == f"this host has no {no_proc}"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_the_sampler_keeps_the_host_ram_peak_beside_the_other_readings() -> None:
+    size = 96 * MIB
+    host = vram.HostRss(lambda: [os.getpid()])
+    with Sampler(lambda: Sample(1, {"gpu0": 1}), interval=0.005, host_rss=host) as sampler:
+        time.sleep(0.05)
+        start = rss()
+        block = b"\x01" * size
+        time.sleep(0.1)
+        del block
+        time.sleep(0.1)
+    peaks = sampler.peaks()
+    assert peaks.host_rss is not None and peaks.host_rss >= start + size * 0.9
+    assert (peaks.target, peaks.device) == (1, 1)
+    alone = Sampler(None, interval=60, host_rss=host)  # host RAM with no VRAM source at all
+    alone.start()
+    only = alone.stop()
+    assert only.host_rss is not None and only.target is None and only.samples == 0
+
+
+def test_a_measurement_without_host_ram_says_why_and_older_json_reads_as_unmeasured() -> None:
+    from dataclasses import replace
+
+    m = replace(measured(10.0), host_ram_not_measured="the target names no processes")
+    assert "host RAM: not measured (the target names no processes)" in m.table()
+    stored = measured(10.0).to_json()
+    del stored["host_ram_peak"], stored["host_ram_not_measured"]
+    again = Measurement.from_json(stored)
+    assert again.host_ram_peak == Figure.none() and again.host_ram_not_measured is None
+    c = compare(stored, measured(5.0).to_json())
+    assert c.row("host_ram_peak").ratio is None and c.row("host_ram_peak").verdict == "n/a"
