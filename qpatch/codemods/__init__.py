@@ -67,5 +67,6 @@ def run_codemod(
     transform = _transform(name)(CodemodContext(filename=path), **options)
     text, encoding = decode(source, path)
     part = plan(text, transform.file_seeds(text), transform.linked_words)
+    transform.file_line = part.file_line  # lines in messages: the file's, not the part's
     module = transform.transform_module(parse(part.text, path, part.file_line))
     return encode(part.splice(module.code), encoding), part.remap(transform.report)

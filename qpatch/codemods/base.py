@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import difflib
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -109,6 +109,8 @@ class QpatchCodemod(VisitorBasedCodemodCommand):
 
     def __init__(self, context: CodemodContext, **options: Any) -> None:
         super().__init__(context)
+        #: The file's line for a line of the part libcst reads (segments.py), for messages.
+        self.file_line: Callable[[int], int | None] = lambda line: line
         self.options = check_options(self.NAME, self.OPTIONS, options)
         self.report = Report()
 

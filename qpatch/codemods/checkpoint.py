@@ -10,6 +10,7 @@ reused.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Sequence, Set
 from typing import Any, ClassVar
 
@@ -31,9 +32,13 @@ _CHECKPOINT_NAMES = ("checkpoint", "torch_checkpoint", "qpatch_checkpoint")
 # Words of the statements model_calls.py must see besides class names of a known kind.
 _SEEDS = frozenset(
     {"from_pretrained", "from_single_file", "from_config", "enable_grad", "set_grad_enabled"}
-    | {"inference_mode", "no_grad", "backward"}
+    | {"inference_mode", "no_grad", "backward", "grad", "optim", "requires_grad", "requires_grad_"}
+    | {"Adam", "AdamW", "SGD"}
 )
 _AUTOGRAD_CHOICES = ("auto", "keep", "off")
+# Input types whose object is, or holds, a DiT (a pipeline's transformer, a MODEL's
+# diffusion_model): their words bring a class to libcst.
+_REACHES_A_DIT = (Kind.DIFFUSION, Kind.PIPELINE, Kind.PATCHER)
 
 # Inserted after each load. The model's own switch comes first: diffusers blocks that see
 # `gradient_checkpointing = True` without it call a helper only that switch installs.
@@ -123,7 +128,8 @@ class GradientCheckpointing(QpatchCodemod):
             str,
             "auto",
             help="off: the wrapped call runs without autograd (nothing kept for a backward "
-            "pass); keep: checkpoint only; auto: off unless the node asks for gradients",
+            "pass); keep: checkpoint only; auto: off unless the file asks for gradients "
+            "(.backward(), autograd.grad, an optimizer)",
         ),
     }
 
@@ -141,6 +147,7 @@ class GradientCheckpointing(QpatchCodemod):
                 f"{', '.join(_AUTOGRAD_CHOICES)}, got {self.options['autograd']!r}"
             )
         self._pending: dict[int, list[tuple[str, bool]]] = {}  # id(line) -> [(model, enabled)]
+        self._file_torch: str | None = None
         self._enable: dict[str, cst.BaseStatement] = {}
 
     def seed_words(self) -> set[str]:
@@ -150,11 +157,14 @@ class GradientCheckpointing(QpatchCodemod):
     def file_seeds(self, text: str) -> set[str]:
         """Also the file's words that name a class of a known kind (`WanModel(...)`) or a
         ComfyUI type a DiT arrives as (`"WANVIDEOMODEL"`)."""
+        found = re.search(r"^import torch(?:[ \t]+as[ \t]+(\w+))?[ \t]*$", text, re.M)
+        # torch imported after other statements is left out of libcst's part: remember it
+        self._file_torch = (found.group(1) or "torch") if found else None
         if self.options["models"] is not None:
             return self.seed_words()
         found = set(WORD.findall(text))
         kinds = {w for w in found if names_a_kind(w)}
-        inputs = {w for w in found if w.isupper() and kind_of_input_type(w) is Kind.DIFFUSION}
+        inputs = {w for w in found if w.isupper() and kind_of_input_type(w) in _REACHES_A_DIT}
         return self.seed_words() | kinds | inputs
 
     def linked_words(self, node: ast.AST, words: Set[str]) -> set[str]:
@@ -181,7 +191,7 @@ class GradientCheckpointing(QpatchCodemod):
         imported = self._imported_checkpoint(tree)
         wrapper = self.context.wrapper
         assert wrapper is not None and wrapper.module is tree
-        facts = gather(wrapper, imported or "checkpoint")
+        facts = gather(wrapper, imported or "checkpoint", self.file_line)
         decisions = decide(facts, self.options["models"], self.options["autograd"])
         self._decisions = decisions
         self._module = tree
@@ -189,9 +199,12 @@ class GradientCheckpointing(QpatchCodemod):
             raise self._nothing_to_patch(decisions, facts)
         names = _Names()
         tree.visit(names)
+        root = (imported or "").split(".")[0]
+        if root and any(root in bound for bound in facts.locals_of.values()):
+            imported = None  # a function's own `checkpoint` (a weights dict) hides the import
         self._checkpoint = imported or self._free_name(names.names)
         self._checkpoint_expr = cst.parse_expression(self._checkpoint)
-        torch_name = self._imported_torch(tree)
+        torch_name = self._imported_torch(tree) or self._file_torch
         self._no_grad = cst.parse_expression(f"{torch_name or 'torch'}.no_grad")
         self._wraps = 0
         self._off = 0
@@ -245,7 +258,7 @@ class GradientCheckpointing(QpatchCodemod):
                 "class, or received as a node input of a DiT type, and for its calls",
                 hint="name the model with the codemod option `models`, e.g. [self.model]",
             )
-        why = "; ".join(f"line {d.line}: {d.message}" for d in left)
+        why = "; ".join(f"line {self.file_line(d.line)}: {d.message}" for d in left)
         return NothingToPatch(
             f"{self.path}: nothing to wrap: {why}",
             hint="name the denoiser with the codemod option `models` (e.g. [self.model]) "
@@ -263,7 +276,12 @@ class GradientCheckpointing(QpatchCodemod):
 
     def _gathered(self, tree: cst.Module) -> GatherImportsVisitor:
         gatherer = GatherImportsVisitor(self.context)
+        type_checking = m.If(
+            test=m.Name("TYPE_CHECKING") | m.Attribute(attr=m.Name("TYPE_CHECKING"))
+        )
         for stmt in tree.body:  # an import inside a function is not visible elsewhere
+            if m.matches(stmt, type_checking):
+                continue  # imported for the type checker only: not there at run time
             if not isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
                 stmt.visit(gatherer)
         return gatherer
@@ -376,13 +394,13 @@ class GradientCheckpointing(QpatchCodemod):
     def _wrap_words(self, decision: Decision) -> str:
         chosen = self.options["autograd"] != "auto"
         if decision.mode is Mode.OFF:
-            why = "as the patch asks" if chosen else "the node never asks for gradients"
+            why = "as the patch asks" if chosen else "nothing in this file asks for gradients"
             return (
                 f"{decision.message} now runs under torch.utils.checkpoint without autograd "
                 f"(autograd: off, {why}): it keeps nothing for a backward pass that never "
                 "comes, at any step count"
             )
-        why = "as the patch asks" if chosen else "the node asks for gradients"
+        why = "as the patch asks" if chosen else "this file asks for gradients"
         return (
             f"{decision.message} now runs under torch.utils.checkpoint (autograd: keep, {why}): "
             "activations are recomputed in the backward pass instead of kept"

@@ -20,6 +20,7 @@ class Kind(enum.Enum):
     VAE = "VAE"
     NOT_A_MODEL = "not a model"  # tokenizers, processors, schedulers, configs
     PATCHER = "ComfyUI model patcher"  # a MODEL input: its .model.diffusion_model is the DiT
+    AMBIGUOUS = "a name bound to models of several kinds"
     UNKNOWN = "model of unknown kind"
 
     @property
@@ -83,9 +84,36 @@ _INPUT_RULES: tuple[tuple[Kind, re.Pattern[str]], ...] = (
     (Kind.PATCHER, _words(r"^MODEL$")),
     (
         Kind.NOT_A_MODEL,
-        _words(r"UPSCALE", r"TOKENIZER", r"SCHEDULER", r"CONFIG", r"LATENT", r"IMAGE", r"EMBED"),
+        _words(
+            r"UPSCALE",
+            r"TOKENIZER",
+            r"SCHEDULER",
+            r"CONFIG",
+            r"LATENT",
+            r"IMAGE",
+            r"EMBED",
+            r"CONDITIONING",
+            r"MASK",
+            r"SAM",
+            r"DEPTH",
+            r"ESRGAN",
+            r"STYLE",
+            r"LORA",
+            r"FLORENCE",
+            r"AUDIO",
+            r"CONTROL",
+            r"IPADAPTER",
+            r"VISION",
+        ),
     ),
-    (Kind.DIFFUSION, _words(r"DIT", r"TRANSFORMER", r"UNET", r"DENOISER", r"MODEL$")),
+    (
+        Kind.DIFFUSION,
+        _words(
+            r"(?:^|_)(?:DIT|TRANSFORMER|UNET|DENOISER|DIFFUSION_MODEL)(?:_|$)",
+            # a node pack's own model type, named after a DiT family
+            r"^(?:WAN|HY|HUNYUAN|COG|LTX|MOCHI|QWEN|FLUX|SANA|LUMINA|PIXART|HIDREAM)\w*MODEL$",
+        ),
+    ),
 )
 
 # Attributes of a pipeline (diffusers' component names) that hold its parts.

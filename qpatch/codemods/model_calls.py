@@ -14,7 +14,7 @@ The transform (checkpoint.py) only applies the decisions, keyed by the call node
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -38,15 +38,28 @@ _CALLED_AS = frozenset({"forward", "decode", "encode", "generate", "encode_promp
 
 
 class Autograd(enum.Enum):
-    """What a `with` item or decorator does to autograd for the code inside.
+    """Whether autograd records at a place in the code.
 
-    Inside ComfyUI's torch.inference_mode() only `torch.inference_mode(False)` brings autograd
-    back; `torch.enable_grad()` alone flips grad mode and still records nothing (GRAD)."""
+    Two switches decide it: inference mode (ComfyUI runs nodes inside
+    `torch.inference_mode()`; only `inference_mode(False)` leaves it) and grad mode
+    (`no_grad()`, `enable_grad()`, `set_grad_enabled(x)`). It records only outside inference
+    mode with grad mode on. GRAD: grad mode on, inference mode as ComfyUI left it."""
 
-    OFF = "off"  # no_grad(), inference_mode(), set_grad_enabled(False)
-    ON = "on"  # inference_mode(False)
-    GRAD = "grad mode only"  # enable_grad(), set_grad_enabled(True)
-    AT_RUN_TIME = "decided at run time"  # inference_mode(flag), set_grad_enabled(flag)
+    OFF = "off"
+    ON = "on"
+    GRAD = "grad mode only"
+    AT_RUN_TIME = "decided at run time"
+
+
+class Switch(enum.Enum):
+    """What one `with` item or decorator sets."""
+
+    INFERENCE_ON = "inference mode on"
+    INFERENCE_OFF = "inference mode off"
+    GRAD_OFF = "grad mode off"
+    GRAD_ON = "grad mode on"
+    INFERENCE_AT_RUN_TIME = "inference mode decided at run time"
+    GRAD_AT_RUN_TIME = "grad mode decided at run time"
 
 
 # A symbol is where a value lives: ("attr", class, name), ("local", function, name),
@@ -85,6 +98,7 @@ class Site:
     autograd: Autograd | None  # set by the innermost `with`/decorator that decides it
     within: tuple[int, ...] = ()  # ids of the classes and functions around it
     callee: str = ""  # as written: `self.model`, `model.forward`, `self.vae.decode`
+    in_checkpoint: bool = False  # inside what a checkpoint() call runs (a lambda, an argument)
 
 
 @dataclass
@@ -93,7 +107,7 @@ class Facts:
     sites: list[Site] = field(default_factory=list)
     bases: dict[str, list[str]] = field(default_factory=dict)
     locals_of: dict[str, set[str]] = field(default_factory=dict)  # function -> bound names
-    classes_using_grad: set[str | None] = field(default_factory=set)  # None: module level
+    asks_for_gradients: bool = False  # anything in the file runs a backward pass or trains
     turns_autograd_on: bool = False
     passed: set[str] = field(default_factory=set)  # functions handed to checkpoint() by hand
     wrapped: list[tuple[cst.Call, Ref]] = field(default_factory=list)  # checkpoint(model, ...)
@@ -117,56 +131,69 @@ def _literal(node: cst.BaseExpression) -> bool | None:
     return {"True": True, "False": False}.get(node.value) if isinstance(node, cst.Name) else None
 
 
-def autograd_effect(expr: cst.BaseExpression) -> Autograd | None:
-    """What `with <expr>:` or `@<expr>` does to autograd (None: nothing to do with it)."""
+def autograd_effect(
+    expr: cst.BaseExpression, aliases: Mapping[str, str] | None = None
+) -> Switch | None:
+    """What `with <expr>:` or `@<expr>` switches (None: nothing to do with autograd).
+    `aliases`: names imported from torch under another name (`im` for inference_mode)."""
     call = expr if isinstance(expr, cst.Call) else None
     name = dotted(call.func if call else expr) or ""
     last = name.rsplit(".", 1)[-1]
+    last = (aliases or {}).get(last, last) if "." not in name else last
     first = call.args[0].value if call and call.args else None
+    if call and not first:  # inference_mode(mode=False)
+        first = next((a.value for a in call.args if a.keyword and a.keyword.value == "mode"), None)
     if last == "no_grad":
-        return Autograd.OFF
+        return Switch.GRAD_OFF
     if last == "enable_grad":
-        return Autograd.GRAD
+        return Switch.GRAD_ON
     if last == "inference_mode":
         mode = True if first is None else _literal(first)
         if mode is None:
-            return Autograd.AT_RUN_TIME
-        return Autograd.OFF if mode else Autograd.ON
+            return Switch.INFERENCE_AT_RUN_TIME
+        return Switch.INFERENCE_ON if mode else Switch.INFERENCE_OFF
     if last == "set_grad_enabled" and first is not None:
         value = _literal(first)
         if value is None:
-            return Autograd.AT_RUN_TIME
-        return Autograd.GRAD if value else Autograd.OFF
+            return Switch.GRAD_AT_RUN_TIME
+        return Switch.GRAD_ON if value else Switch.GRAD_OFF
     return None
 
 
-def context(effects: Sequence[Autograd | None]) -> Autograd | None:
-    """Autograd where code sits inside `effects` (outermost first): the innermost that
-    decides; grad mode alone decides nothing inside inference mode, so it is only the answer
-    when nothing outside it decides either."""
-    grad = False
-    for effect in reversed(effects):
-        if effect is Autograd.GRAD:
-            grad = True
-        elif effect is not None:
-            return effect
-    return Autograd.GRAD if grad else None
+_INFERENCE = (Switch.INFERENCE_ON, Switch.INFERENCE_OFF, Switch.INFERENCE_AT_RUN_TIME)
 
 
-def _turns_on(call: cst.Call) -> bool:
+def context(switches: Sequence[Switch | None]) -> Autograd | None:
+    """Autograd where code sits inside `switches` (outermost first): the innermost switch of
+    each kind counts. None: nothing around it says (ComfyUI's inference mode, grad mode on)."""
+    inference = next((s for s in reversed(switches) if s in _INFERENCE), None)
+    grad = next((s for s in reversed(switches) if s and s not in _INFERENCE), None)
+    if inference is Switch.INFERENCE_ON or grad is Switch.GRAD_OFF:
+        return Autograd.OFF
+    if Switch.INFERENCE_AT_RUN_TIME in (inference,) or grad is Switch.GRAD_AT_RUN_TIME:
+        return Autograd.AT_RUN_TIME
+    if inference is Switch.INFERENCE_OFF:
+        return Autograd.ON
+    return Autograd.GRAD if grad is Switch.GRAD_ON else None
+
+
+def _turns_on(call: cst.Call, aliases: Mapping[str, str]) -> bool:
     """Whether a call can bring autograd back inside ComfyUI's inference_mode()."""
-    name = (dotted(call.func) or "").rsplit(".", 1)[-1]
-    first = call.args[0].value if call.args else None
-    return name == "inference_mode" and first is not None and _literal(first) is not True
+    return autograd_effect(call, aliases) in (Switch.INFERENCE_OFF, Switch.INFERENCE_AT_RUN_TIME)
+
+
+_OPTIMIZERS = frozenset({"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adafactor", "Prodigy"})
 
 
 def _asks_for_gradients(call: cst.Call) -> bool:
-    """`.backward()`, `torch.autograd.grad(...)`, an optimizer, `requires_grad_()` training."""
-    name = dotted(call.func) or ""
-    last = name.rsplit(".", 1)[-1]
-    if last == "backward" or name.endswith("autograd.grad") or ".optim." in f".{name}":
+    """`.backward()` on anything, `torch.autograd.grad(...)`, an optimizer or its `step()`,
+    `requires_grad_()` training."""
+    func = call.func
+    last = func.attr.value if isinstance(func, cst.Attribute) else dotted(func) or ""
+    name = dotted(func) or ""
+    if last == "backward" or name.endswith("autograd.grad") or ".optim." in f".{name}.":
         return True
-    if last == "step" and "optim" in name.lower():
+    if last in _OPTIMIZERS or (last == "step" and "optim" in name.lower()):
         return True
     first = call.args[0].value if call.args else None
     return last == "requires_grad_" and (first is None or _literal(first) is True)
@@ -212,6 +239,22 @@ def _input_types(cls: cst.ClassDef, custom: dict[str, str]) -> dict[str, str]:
     return found
 
 
+def _function_name(cls: cst.ClassDef) -> str | None:
+    """The method ComfyUI calls with the node's inputs: `FUNCTION = "run"`, or a V3 node's
+    `execute`; None where the class does not say (it may inherit FUNCTION)."""
+    for stmt in cls.body.body:
+        assign = m.SimpleStatementLine(
+            body=[m.Assign(targets=[m.AssignTarget(m.Name("FUNCTION"))], value=m.SimpleString())]
+        )
+        if m.matches(stmt, assign):
+            value = stmt.body[0].value  # type: ignore[union-attr]
+            assert isinstance(value, cst.SimpleString)
+            return str(value.evaluated_value)
+        if m.matches(stmt, m.FunctionDef(name=m.Name("define_schema"))):
+            return "execute"
+    return None
+
+
 def _v3_type(socket: cst.BaseExpression, custom: dict[str, str]) -> str | None:
     """ "HUNYUAN_DIT" for `io.Custom("HUNYUAN_DIT")` or a name bound to it; "MODEL" for
     `io.Model`."""
@@ -230,16 +273,24 @@ class _Gather(cst.CSTVisitor):
 
     METADATA_DEPENDENCIES = (PositionProvider,)
 
-    def __init__(self, checkpoint: str) -> None:
+    def __init__(
+        self, checkpoint: str, file_line: Callable[[int], int | None] = lambda line: line
+    ) -> None:
         self.facts = Facts()
+        self.file_line = file_line
         self.checkpoint = checkpoint
         self.classes: list[str] = []
         self.functions: list[str] = []  # qualified names
         self.owners: list[str | None] = []  # the class a function belongs to
-        self.autograd: list[Autograd | None] = []
+        self.autograd: list[list[Switch | None]] = []  # per `with`/def: what it switches
+        self.torch_names: dict[str, str] = {}  # `im` -> `inference_mode` (from torch import ...)
         self.inputs: list[dict[str, str]] = []
+        self.node_function: list[str | None] = []  # the method ComfyUI calls with the inputs
         self.custom_types: dict[str, str] = {}  # module names bound to io.Custom("TYPE")
         self.within: list[int] = []  # ids of the enclosing classes and functions
+        self.checkpoint_names = {checkpoint}  # what torch's checkpoint is called in the file
+        self.checkpointed_args: set[int] = set()  # ids of first arguments of checkpoint()
+        self.in_checkpointed = 0  # how deep inside one of those the visit is
 
     # -- where we are ------------------------------------------------------------------
 
@@ -253,7 +304,7 @@ class _Gather(cst.CSTVisitor):
         return self.get_metadata(PositionProvider, node).start.line
 
     def _context(self) -> Autograd | None:
-        return context(self.autograd)
+        return context([switch for frame in self.autograd for switch in frame])
 
     def _bind(self, target: str, value: Value) -> Symbol | None:
         symbol = self._symbol_for_target(target)
@@ -282,9 +333,11 @@ class _Gather(cst.CSTVisitor):
         self.classes.append(name)
         self.facts.bases[name] = [b for arg in node.bases if (b := dotted(arg.value))]
         self.inputs.append(_input_types(node, self.custom_types))
+        self.node_function.append(_function_name(node))
 
     def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
         self.within.pop()
+        self.node_function.pop()
         self.classes.pop()
         self.inputs.pop()
 
@@ -302,9 +355,11 @@ class _Gather(cst.CSTVisitor):
         qualname = prefix + node.name.value
         self.functions.append(qualname)
         self.owners.append(owner)
-        effects = [autograd_effect(d.decorator) for d in node.decorators]  # outermost first
-        self.autograd.append(context(effects))
-        inputs = self.inputs[-1] if in_class and self.inputs else {}
+        names = self.torch_names
+        self.autograd.append([autograd_effect(d.decorator, names) for d in node.decorators])
+        function = self.node_function[-1] if in_class and self.node_function else None
+        takes_inputs = function is None or node.name.value == function
+        inputs = self.inputs[-1] if in_class and self.inputs and takes_inputs else {}
         params = node.params
         for param in [*params.posonly_params, *params.params, *params.kwonly_params]:
             name = param.name.value
@@ -322,7 +377,7 @@ class _Gather(cst.CSTVisitor):
         self.autograd.pop()
 
     def visit_With(self, node: cst.With) -> None:
-        self.autograd.append(context([autograd_effect(item.item) for item in node.items]))
+        self.autograd.append([autograd_effect(item.item, self.torch_names) for item in node.items])
 
     def leave_With(self, original_node: cst.With) -> None:
         self.autograd.pop()
@@ -358,7 +413,7 @@ class _Gather(cst.CSTVisitor):
                 continue
             trained = any((dotted(t) or "").endswith(".requires_grad") for t in targets)
             if trained and stmt.value is not None and _literal(stmt.value) is True:
-                self.facts.classes_using_grad.add(self._owner())
+                self.facts.asks_for_gradients = True
             if stmt.value is None:
                 continue
             pairs = [pair for target in targets for pair in self._unpacked(target, stmt.value)]
@@ -414,7 +469,8 @@ class _Gather(cst.CSTVisitor):
         if cls := _constructed_class(expr):
             loader = expr.func.attr.value if isinstance(expr.func, cst.Attribute) else ""
             how = f".{loader}" if loader in _LOADERS else ""
-            return Load(kind_of_class(cls), f"{cls}{how}(...), line {self._line(expr)}")
+            line = self.file_line(self._line(expr))
+            return Load(kind_of_class(cls), f"{cls}{how}(...), line {line}")
         func = expr.func
         while isinstance(func, cst.Attribute) and func.attr.value in _SAME_OBJECT:
             inner = func.value
@@ -428,25 +484,65 @@ class _Gather(cst.CSTVisitor):
     # -- calls -------------------------------------------------------------------------
 
     def _is_checkpoint(self, func: cst.BaseExpression) -> bool:
-        """`checkpoint`, or `torch.no_grad()(checkpoint)` as the rewrite writes it."""
+        """torch's checkpoint under any name the file gives it (imported at module level or in
+        a function, `torch.utils.checkpoint.checkpoint`), or `torch.no_grad()(checkpoint)` as
+        the rewrite writes it."""
         if isinstance(func, cst.Call) and len(func.args) == 1:
             no_grad = m.Call(func=m.Attribute(attr=m.Name("no_grad")) | m.Name("no_grad"))
             if m.matches(func.func, no_grad):
                 func = func.args[0].value
-        return dotted(func) == self.checkpoint
+        name = dotted(func) or ""
+        return name in self.checkpoint_names or name.endswith("utils.checkpoint.checkpoint")
+
+    def _functions_named(self, callee: str) -> set[str]:
+        """The qualified names a function handed to checkpoint() may have: nested in an
+        enclosing function, a method of this class (`self._run`), or a module function."""
+        parts = callee.split(".")
+        if parts[0] in ("self", "cls") and len(parts) == 2 and self._owner():
+            return {f"{self._owner()}.{parts[1]}"}
+        if len(parts) == 1:
+            return {f"{fn}.{callee}" for fn in self.functions} | {callee}
+        return set()
+
+    def visit_Arg(self, node: cst.Arg) -> None:
+        if id(node) in self.checkpointed_args:
+            self.in_checkpointed += 1
+
+    def leave_Arg(self, original_node: cst.Arg) -> None:
+        if id(original_node) in self.checkpointed_args:
+            self.in_checkpointed -= 1
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
+        module = dotted(node.module) if node.module else None
+        if module not in ("torch", "torch.utils.checkpoint") or isinstance(
+            node.names, cst.ImportStar
+        ):
+            return
+        for alias in node.names:
+            name = dotted(alias.name) or ""
+            asname = dotted(alias.asname.name) if alias.asname else name
+            if module == "torch":
+                self.torch_names[asname or name] = name
+            elif name == "checkpoint":
+                self.checkpoint_names.add(asname or name)
+
+    def visit_Import(self, node: cst.Import) -> None:
+        for alias in node.names:
+            if dotted(alias.name) == "torch.utils.checkpoint" and alias.asname:
+                self.checkpoint_names.add(f"{dotted(alias.asname.name)}.checkpoint")
 
     def visit_Call(self, node: cst.Call) -> None:
-        if _turns_on(node):
+        if _turns_on(node, self.torch_names):
             self.facts.turns_autograd_on = True
         if _asks_for_gradients(node):
-            self.facts.classes_using_grad.add(self._owner())
+            self.facts.asks_for_gradients = True
         func = node.func
         if self._is_checkpoint(func) and node.args:
             first = node.args[0].value
+            self.checkpointed_args.add(id(node.args[0]))
             if (callee := dotted(first)) is not None:
                 self.facts.wrapped.append((node, self._ref(callee.removesuffix(".forward"))))
-                if isinstance(first, cst.Name):
-                    self.facts.passed.add(first.value)
+                self.facts.passed |= self._functions_named(callee)
             return
         name = dotted(func)
         if name is None:
@@ -455,7 +551,13 @@ class _Gather(cst.CSTVisitor):
         if isinstance(func, cst.Attribute) and func.attr.value in _CALLED_AS:
             model = name.rsplit(".", 1)[0]
         site = Site(
-            node, self._ref(model), self._line(node), self._context(), tuple(self.within), name
+            node,
+            self._ref(model),
+            self._line(node),
+            self._context(),
+            tuple(self.within),
+            name,
+            self.in_checkpointed > 0,
         )
         self.facts.sites.append(site)
 
@@ -532,11 +634,19 @@ class Resolver:
         if symbol in self._memo:
             return self._memo[symbol]
         self._memo[symbol] = None  # a cycle of aliases holds nothing
-        found = None
-        for value in self.facts.bindings.get(symbol, ()):
-            load = value if isinstance(value, Load) else self.kind(value)
-            if load is not None and (found is None or found.kind is Kind.UNKNOWN):
-                found = load
+        loads = [
+            load
+            for value in self.facts.bindings.get(symbol, ())
+            if (load := value if isinstance(value, Load) else self.kind(value)) is not None
+        ]
+        kinds = {load.kind for load in loads} - {Kind.UNKNOWN}
+        found = next((load for load in loads if load.kind is not Kind.UNKNOWN), None)
+        if Kind.DIFFUSION in kinds and len(kinds) > 1:
+            # assigned a DiT in one place and something else in another: which one a call
+            # reaches depends on the order the code runs in, which this read does not follow
+            seen = ", ".join(f"{load.kind.value} ({load.evidence})" for load in loads)
+            found = Load(Kind.AMBIGUOUS, seen)
+        found = found or (loads[0] if loads else None)
         self._memo[symbol] = found
         return found
 
@@ -555,6 +665,8 @@ _SKIPS: dict[Kind, str] = {
     "diffusion model",
     Kind.VAE: "a VAE encodes or decodes once, not once per step: not the diffusion model",
     Kind.NOT_A_MODEL: "holds no weights to checkpoint",
+    Kind.AMBIGUOUS: "the name holds a diffusion model in one place and another kind of model "
+    "in another: left alone (name it in the option `models` to wrap it)",
 }
 CHECKPOINT_KEYWORDS = frozenset(
     {"use_reentrant", "preserve_rng_state", "context_fn", "determinism_check", "debug"}
@@ -662,7 +774,7 @@ def _decide_site(
             "not wrapped: this file has a diffusion model, and this is not it as far as its "
             "class tells (name it in the option `models` to wrap it)",
         )
-    if facts.passed.intersection(f.rsplit(".", 1)[-1] for f in site.ref.scope):
+    if site.in_checkpoint or facts.passed.intersection(site.ref.scope):
         return Decision(
             callee,
             line,
@@ -703,13 +815,18 @@ def _decide_site(
     mode = (
         Mode(autograd)
         if autograd != "auto"
-        else (Mode.KEEP if site.ref.owner in facts.classes_using_grad else Mode.OFF)
+        else (Mode.KEEP if facts.asks_for_gradients else Mode.OFF)
     )
     return Decision(callee, line, "wrap", what, mode, load)
 
 
-def gather(wrapper: cst.MetadataWrapper, checkpoint: str) -> Facts:
-    """Read the module once; `checkpoint` is the name checkpoint() has in it."""
-    visitor = _Gather(checkpoint)
+def gather(
+    wrapper: cst.MetadataWrapper,
+    checkpoint: str,
+    file_line: Callable[[int], int | None] = lambda line: line,
+) -> Facts:
+    """Read the module once; `checkpoint` is the name checkpoint() has in it; `file_line`
+    maps the module's lines to the file's (for the lines quoted in evidence)."""
+    visitor = _Gather(checkpoint, file_line)
     wrapper.visit(visitor)
     return visitor.facts

@@ -107,9 +107,9 @@ def test_report_says_what_changed_where() -> None:
     assert [(c.kind, c.line) for c in report.changes] == [("checkpoint-wrap", 16), ("import", None)]
     assert str(report.changes[0]) == (
         "line 16: self.model(...) (diffusion model: QwenImageModel.from_pretrained(...), line 14) "
-        "now runs under torch.utils.checkpoint without autograd (autograd: off, the node never "
-        "asks for gradients): it keeps nothing for a backward pass that never comes, at any step "
-        "count"
+        "now runs under torch.utils.checkpoint without autograd (autograd: off, nothing in this "
+        "file asks for gradients): it keeps nothing for a backward pass that never comes, at any "
+        "step count"
     )
     assert report.findings == []
     assert report.to_json()["already_applied"] is False
