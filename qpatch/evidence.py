@@ -46,8 +46,10 @@ class Fact:
     def shown(self) -> str:
         if isinstance(self.value, bool):
             return "on" if self.value else "off"
+        if isinstance(self.value, tuple) and all(isinstance(v, tuple) for v in self.value):
+            return ", ".join(f"{k}={v}" for k, v in self.value) or "none set"
         if isinstance(self.value, tuple):
-            return "+".join(map(str, self.value))
+            return (" " if self.label == "argv" else "+").join(map(str, self.value))
         return str(self.value)
 
     def __str__(self) -> str:
