@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from qpatch import evidence as ev
@@ -28,24 +29,32 @@ _MODEL_FOLDERS = ("diffusion_models", "unet")
 def gather(
     target: Target, layout: Layout, *, workflow: Mapping[str, Any] | None = None
 ) -> Evidence:
-    api = ComfyAPI(target, layout.python, layout.port)
-    try:
-        stats = api.system_stats()
-    except Exception:  # a server that is down is evidence too: its facts are unknown
-        stats = None
-    facts = ev.from_system_stats(stats)
-    if layout.server is not None:
-        pid = layout.server.pid
-        facts["argv"] = Fact("argv", tuple(layout.server.argv), f"/proc/{pid}/cmdline")
-        facts["env"] = ev.from_environ(_environ(target, pid), f"/proc/{pid}/environ")
-    else:
-        facts["env"] = Fact("allocator env", None, "no server process found")
-    log = _log(target)
-    if facts["torch"].value is None and log:
-        facts["torch"] = ev.torch_from_log(log)
-    facts.update(ev.from_log(log, facts["comfyui"]))
-    facts["weights_dtype"] = _weights(target, layout, workflow)
+    """The four reads overlap (each is a round trip to the target, one exec or API call)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        stats = pool.submit(_system_stats, target, layout)
+        environ = pool.submit(_environ, target, layout.server.pid) if layout.server else None
+        log = pool.submit(_log, target)
+        weights = pool.submit(_weights, target, layout, workflow)
+        facts = ev.from_system_stats(stats.result())
+        if layout.server is not None and environ is not None:
+            pid = layout.server.pid
+            facts["argv"] = Fact("argv", tuple(layout.server.argv), f"/proc/{pid}/cmdline")
+            facts["env"] = ev.from_environ(environ.result(), f"/proc/{pid}/environ")
+        else:
+            facts["env"] = Fact("allocator env", None, "no server process found")
+        text = log.result()
+        if facts["torch"].value is None and text:
+            facts["torch"] = ev.torch_from_log(text)
+        facts.update(ev.from_log(text, facts["comfyui"]))
+        facts["weights_dtype"] = weights.result()
     return Evidence(**facts)
+
+
+def _system_stats(target: Target, layout: Layout) -> dict[str, Any] | None:
+    try:
+        return ComfyAPI(target, layout.python, layout.port).system_stats()
+    except Exception:  # a server that is down is evidence too: its facts are unknown
+        return None
 
 
 def _environ(target: Target, pid: int) -> bytes | None:

@@ -198,17 +198,22 @@ def make_plan(
     env: dict[str, str] = {}
     flags: list[str] = []
     container: ContainerChange | None = None
-    evidence: Evidence | None = None
     effects: list[Verdict] = []
-    if _needs_evidence(patch):
-        evidence = ahead.take(
-            ("evidence",), partial(observe.gather, target, layout, workflow=workflow)
-        )
-    judging = Judging(evidence or Evidence(), allow_harmful or patch.allow_harmful)
+    gathered: list[Evidence] = []
+
+    def evidence() -> Evidence:
+        """Taken where first needed, so the codemods run while it is being gathered."""
+        if not gathered:
+            call = partial(observe.gather, target, layout, workflow=workflow)
+            gathered.append(ahead.take(("evidence",), call))
+        return gathered[0]
+
+    allow = allow_harmful or patch.allow_harmful
     server_flags = list(layout.server.argv) if layout.server else []
     for i, step in enumerate(patch.steps):
-        if not _step_applies(step, i, judging.evidence, server_flags, report):
+        if step.when is not None and not _step_applies(step, i, evidence(), server_flags, report):
             continue
+        judging = Judging(evidence(), allow) if isinstance(step, StartupStep) else None
         if isinstance(step, CodemodStep):
             for path in _expand(target, layout.root, step.file):
                 path = real.get(path, path)  # a link inside the root: edit what it points to
@@ -220,6 +225,7 @@ def make_plan(
                 contents[path] = (new, stat)
                 _merge(report, rep, f"{posixpath.basename(path)}")
         elif isinstance(step, StartupStep) and layout.start_script is None:
+            assert judging is not None
             container, rep, env, flags, effects = _plan_container(
                 target, layout, patch.name, step, ahead, judging
             )
@@ -233,6 +239,7 @@ def make_plan(
                     "is kept, stopped, for rollback), or --start-script",
                 )
         elif isinstance(step, StartupStep):
+            assert judging is not None
             path, data, stat, new, rep, env, flags, effects = _plan_startup(
                 target, layout, patch.name, step, ahead, judging
             )
@@ -242,7 +249,8 @@ def make_plan(
             contents[path] = (new, contents[path][1])
             _merge(report, rep, posixpath.basename(path))
     edits = [FileEdit(p, originals[p], data, stat) for p, (data, stat) in contents.items()]
-    return Plan(patch.name, edits, report, env, flags, container, evidence, effects)
+    known = gathered[0] if gathered else None
+    return Plan(patch.name, edits, report, env, flags, container, known, effects)
 
 
 def _needs_evidence(patch: Patch) -> bool:
