@@ -220,6 +220,8 @@ class GradientCheckpointing(QpatchCodemod):
                     decision.line,
                     code="unknown-kind-wrapped",
                 )
+        for line, words in decisions.stale:
+            self.report.find(words, line, code="stale-mode")
         for line, model in decisions.one_line_loads:
             self.report.find(
                 f"{model} is loaded on the same line as its `if`/`with`/...: its own gradient "

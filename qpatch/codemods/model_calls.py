@@ -111,6 +111,8 @@ class Facts:
     turns_autograd_on: bool = False
     passed: set[str] = field(default_factory=set)  # functions handed to checkpoint() by hand
     wrapped: list[tuple[cst.Call, Ref]] = field(default_factory=list)  # checkpoint(model, ...)
+    #: id(call) -> (line, the mode it was written in) of each of those
+    wrapped_modes: dict[int, tuple[int, Mode]] = field(default_factory=dict)
     # Assignments from a call: (line, target, the Load it is when a load tells its kind).
     loads: list[tuple[cst.SimpleStatementLine, str, Load | None]] = field(default_factory=list)
     load_within: dict[int, tuple[int, ...]] = field(default_factory=dict)  # id(line) -> scopes
@@ -543,6 +545,8 @@ class _Gather(cst.CSTVisitor):
             if (callee := dotted(first)) is not None:
                 self.facts.wrapped.append((node, self._ref(callee.removesuffix(".forward"))))
                 self.facts.passed |= self._functions_named(callee)
+                mode = Mode.OFF if isinstance(func, cst.Call) else Mode.KEEP
+                self.facts.wrapped_modes[id(node)] = (self._line(node), mode)
             return
         name = dotted(func)
         if name is None:
@@ -699,6 +703,8 @@ class Decisions:
     one_line_loads: list[tuple[int, str]]
     earlier_work: bool
     modes: dict[str | None, Mode]  # the class of each wrapped call -> how it was wrapped
+    #: (line, words) for an earlier wrap written in another mode than this run would choose
+    stale: list[tuple[int, str]] = field(default_factory=list)
 
 
 _NO = Decision("", 0, "none", "")
@@ -744,7 +750,24 @@ def decide(facts: Facts, named: Sequence[str] | None, autograd: str) -> Decision
         i for site in facts.sites if by_call.get(id(site.node), _NO).wraps for i in site.within
     }
     touched |= {i for line in enable_after for i in facts.load_within.get(line, ())}
-    return Decisions(by_call, enable_after, touched, one_line, earlier, modes)
+    wanted = (
+        Mode(autograd)
+        if autograd != "auto"
+        else (Mode.KEEP if facts.asks_for_gradients else Mode.OFF)
+    )
+    stale = [
+        (
+            line,
+            f"{ref.dotted}: wrapped earlier with autograd: {mode.value}, while this run "
+            f"would write autograd: {wanted.value}: left as it is (roll back and apply again to "
+            "rewrite it)",
+        )
+        for (node, ref), load in zip(facts.wrapped, wrapped, strict=True)
+        if load is not None
+        for line, mode in [facts.wrapped_modes.get(id(node), (0, wanted))]
+        if mode is not wanted
+    ]
+    return Decisions(by_call, enable_after, touched, one_line, earlier, modes, stale)
 
 
 def _load_of(resolver: Resolver, site: Site, named: Sequence[str] | None) -> Load | None:

@@ -277,3 +277,26 @@ def test_lines_in_messages_are_the_files_in_a_big_file() -> None:
     _, report = run_codemod("gradient-checkpointing", source.encode(), path="n.py")
     load_line = source.splitlines().index("    dit = WanModel.from_pretrained('p')") + 1
     assert f"WanModel.from_pretrained(...), line {load_line})" in report.changes[0].detail
+
+
+def test_an_earlier_wrap_in_another_mode_is_named_not_rewritten() -> None:
+    source = textwrap.dedent(
+        """
+        import torch
+        from torch.utils.checkpoint import checkpoint
+
+        class Fit:
+            @torch.inference_mode(False)
+            def go(self, x):
+                self.model = WanModel.from_pretrained("p")
+                y = torch.no_grad()(checkpoint)(self.model, x, use_reentrant=False)
+                y.mean().backward()
+        """
+    ).lstrip("\n")
+    out, report = run_codemod("gradient-checkpointing", source.encode(), path="n.py")
+    assert out == source.encode() and report.already_applied
+    stale = [f for f in report.findings if f.code == "stale-mode"]
+    assert [(f.line, f.severity) for f in stale] == [(8, "warning")]
+    assert "wrapped earlier with autograd: off, while this run would write autograd: keep" in (
+        stale[0].message
+    )
