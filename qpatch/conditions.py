@@ -156,4 +156,8 @@ def _term(key: str, want: Any, evidence: Evidence, flags: Sequence[str]) -> Outc
     if isinstance(want, bool):
         return Outcome(fact.value is want, seen)
     values = fact.value if isinstance(fact.value, tuple) else (fact.value,)
-    return Outcome(all(v in want for v in values), f"{seen}, wanted {' or '.join(want)}")
+    matching = [v in want for v in values]
+    wanted = f"{seen}, wanted {' or '.join(want)}"
+    if any(matching) and not all(matching):  # files of several dtypes: some fit, some not
+        return Outcome(None, f"{wanted}: only some of them")
+    return Outcome(all(matching), wanted)

@@ -43,8 +43,16 @@ class Rule:
         return (
             kind == self.kind
             and name in self.names
-            and (self.contains is None or self.contains in (value or "").split(","))
+            and (
+                self.contains is None
+                or _bare(self.contains) in map(_bare, (value or "").split(","))
+            )
         )
+
+
+def _bare(part: str) -> str:
+    """`expandable_segments: True` as torch reads it: spaces do not count."""
+    return "".join(part.split())
 
 
 @dataclass(frozen=True)

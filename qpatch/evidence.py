@@ -104,22 +104,34 @@ def from_system_stats(
     stats: Mapping[str, Any] | None, source: str = "/system_stats"
 ) -> dict[str, Fact]:
     """ComfyUI and torch versions, the device type and the argv the server reports."""
-    if not stats:
-        why = "the server did not answer /system_stats"
+    if not isinstance(stats, Mapping) or not stats:
+        why = "the server did not answer /system_stats" if not stats else "an odd /system_stats"
         return {k: _unknown(label, why) for k, label in _STATS_LABELS.items()}
-    system = stats.get("system") or {}
-    devices = stats.get("devices") or []
+    system = stats.get("system")
+    system = system if isinstance(system, Mapping) else {}
+    devices = stats.get("devices")
+    first = devices[0] if isinstance(devices, list) and devices else None
+    device = first.get("type") if isinstance(first, Mapping) else None
     argv = system.get("argv")
     found = {
-        "comfyui": Fact("ComfyUI", system.get("comfyui_version") or None, source),
-        "torch": Fact("torch", system.get("pytorch_version") or None, source),
-        "device": Fact("device", (devices[0].get("type") if devices else None) or None, source),
-        "argv": Fact("argv", tuple(argv) if isinstance(argv, list) else None, f"{source} argv"),
+        "comfyui": Fact("ComfyUI", _text(system.get("comfyui_version")), source),
+        "torch": Fact("torch", _text(system.get("pytorch_version")), source),
+        "device": Fact("device", _text(device), source),
+        "argv": Fact(
+            "argv",
+            tuple(map(str, argv)) if isinstance(argv, list) else None,
+            f"{source} argv",
+        ),
     }
     return {
         k: f if f.value is not None else replace(f, source=f"{source}: not reported")
         for k, f in found.items()
     }
+
+
+def _text(value: Any) -> str | None:
+    """A reported string, or None for anything else (a server may say odd things)."""
+    return value if isinstance(value, str) and value else None
 
 
 _STATS_LABELS = {"comfyui": "ComfyUI", "torch": "torch", "device": "device", "argv": "argv"}
@@ -229,9 +241,11 @@ def weights_dtype(header: bytes) -> str | None:
     n = header_length(header)
     if n is None or len(header) < 8 + n:
         return None
+    if header[8:9] != b"{":
+        return None  # not a safetensors header: its tensor bytes are never read
     try:
         table = json.loads(header[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(table, dict):
         return None
@@ -240,9 +254,14 @@ def weights_dtype(header: bytes) -> str | None:
         if name == "__metadata__" or not isinstance(tensor, dict):
             continue
         dtype = tensor.get("dtype")
-        offsets = tensor.get("data_offsets") or [0, 0]
-        if dtype in SAFETENSORS_DTYPES and len(offsets) == 2:
-            sizes[dtype] = sizes.get(dtype, 0) + max(0, int(offsets[1]) - int(offsets[0]))
+        offsets = tensor.get("data_offsets")
+        if not (isinstance(dtype, str) and dtype in SAFETENSORS_DTYPES):
+            continue
+        if not (isinstance(offsets, list) and len(offsets) == 2):
+            continue
+        if not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets):
+            continue
+        sizes[dtype] = sizes.get(dtype, 0) + max(0, offsets[1] - offsets[0])
     if not sizes:
         return None
     return SAFETENSORS_DTYPES[max(sizes, key=lambda d: sizes[d])]
@@ -277,12 +296,12 @@ def workflow_weights(
     the casts its loaders ask for (file -> dtype)."""
     files: list[tuple[str, tuple[str, ...]]] = []
     casts: dict[str, str] = {}
-    for node in prompt.values():
+    for node in prompt.values() if isinstance(prompt, Mapping) else ():
         if not isinstance(node, dict):
             continue
         spec = WORKFLOW_WEIGHTS.get(str(node.get("class_type")))
-        inputs = node.get("inputs") or {}
-        if spec is None or not isinstance(inputs.get(spec[0]), str):
+        inputs = node.get("inputs")
+        if spec is None or not isinstance(inputs, dict) or not isinstance(inputs.get(spec[0]), str):
             continue
         name = inputs[spec[0]]
         files.append((name, spec[1]))

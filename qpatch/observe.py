@@ -116,9 +116,9 @@ def _find(target: Target, models: str, name: str, folders: tuple[str, ...]) -> s
 
 
 def _dtype(target: Target, path: str) -> str | None:
-    head = target.exec(["head", "-c", "8", "--", path], timeout=20)
+    head = target.exec(["head", "-c", "9", "--", path], timeout=20)
     n = ev.header_length(head.stdout) if head.exit_code == 0 else None
-    if n is None or n > HEADER_LIMIT:
-        return None
+    if n is None or n > HEADER_LIMIT or head.stdout[8:9] != b"{":
+        return None  # no safetensors file: nothing more of it is read
     r = target.exec(["head", "-c", str(8 + n), "--", path], timeout=60)
     return ev.weights_dtype(r.stdout) if r.exit_code == 0 else None

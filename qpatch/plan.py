@@ -508,17 +508,18 @@ def _flags_and_env(
     cli = _ask_comfyui(target, layout, launch, ahead)
     flag_edits, flag_report = comfy_flags.plan_flags(cli, requests, existing)
     report.extend(flag_report)
-    allowed = {r.flag for r in requests if r.allow_harmful}
+    allowed = [r.flag.partition("=")[0] for r in requests if r.allow_harmful]
     verdicts: list[Verdict] = []
     harmful: list[Verdict] = []
     kept: list[startup.FlagEdit] = []
-    final_flags = existing + [e.name for e in flag_edits]
+    final_flags = _after(existing, flag_edits)
     for edit in flag_edits:
         verdict = judge("flag", edit.name, edit.value, evidence, final_flags)
-        if _keep(verdict, judging.allow_harmful or edit.name in allowed, report, harmful):
+        allow = judging.allow_harmful or any(edit.name.startswith(a) for a in allowed)
+        if _keep(verdict, allow, report, harmful):
             kept.append(edit)
         verdicts.append(verdict)
-    final_flags = existing + [e.name for e in kept]
+    final_flags = _after(existing, kept)
     wanted: dict[str, str] = {}
     for name, value in step.env.items():  # judged as the patch writes them ("auto" too)
         request = step.env_request(name)
@@ -532,13 +533,32 @@ def _flags_and_env(
     env, env_report = envcheck.check_env(wanted, flags=final_flags, gpu_capability=capability)
     report.extend(env_report)
     if harmful:
-        raise BadInput(
+        raise HarmfulEdits(
             "the patch asks for edits that are harmful on this server; nothing was changed:\n"
             + "\n".join(f"  {v}" for v in harmful),
             hint="leave them out of the patch, or give them `allow_harmful: true` there (or "
             "--allow-harmful) if you want them anyway",
+            evidence=evidence,
+            effects=verdicts,
         )
     return kept, env, report, verdicts
+
+
+def _after(existing: list[str], edits: list[startup.FlagEdit]) -> list[str]:
+    """The server's flags once `edits` are made: a flag an edit replaces is gone."""
+    gone = {name for e in edits for name in e.replaces}
+    return [f for f in existing if f.partition("=")[0] not in gone] + [e.name for e in edits]
+
+
+class HarmfulEdits(BadInput):
+    """Refused edits, with what they were judged on, for the --json of the refusal."""
+
+    def __init__(
+        self, message: str, *, hint: str, evidence: Evidence, effects: list[Verdict]
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.evidence = evidence
+        self.effects = effects
 
 
 def _holds(when: Any, name: str, evidence: Evidence, flags: list[str], report: Report) -> bool:
@@ -570,9 +590,10 @@ def _keep(verdict: Verdict, allow: bool, report: Report, harmful: list[Verdict])
         harmful.append(verdict)
         return False
     allowed = " (allowed by allow_harmful)" if verdict.effect is Effect.HARMFUL else ""
+    maybe = verdict.effect is Effect.UNKNOWN and verdict.why.startswith("harmful if")
     report.find(
         f"{verdict.edit}: {verdict.effect.value}{allowed}: {verdict.why} ({verdict.evidence})",
-        severity="warning" if verdict.effect is Effect.HARMFUL else "info",
+        severity="warning" if verdict.effect is Effect.HARMFUL or maybe else "info",
         code=verdict.effect.value,
     )
     return True

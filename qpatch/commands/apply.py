@@ -4,7 +4,7 @@ from qpatch import engine
 from qpatch.errors import BadInput
 from qpatch.output import Console
 from qpatch.patchspec import load_patch
-from qpatch.plan import make_plan
+from qpatch.plan import HarmfulEdits, make_plan
 from qpatch.result import Result
 from qpatch.session import session
 from qpatch.workflow import load_workflow
@@ -49,14 +49,19 @@ def apply(
         out.step(f"{ctx.target.description}: {ctx.layout.describe()}")
         if recreate and ctx.layout.start_script:
             out.line(f"  --recreate not needed: {ctx.layout.start_script} carries env and flags")
-        plan = make_plan(
-            ctx.target,
-            ctx.layout,
-            spec,
-            recreate=recreate,
-            workflow=evidence_from,
-            allow_harmful=allow_harmful,
-        )
+        try:
+            plan = make_plan(
+                ctx.target,
+                ctx.layout,
+                spec,
+                recreate=recreate,
+                workflow=evidence_from,
+                allow_harmful=allow_harmful,
+            )
+        except HarmfulEdits as refused:  # --json shows what the refusal rests on
+            result.evidence = refused.evidence.to_json()
+            result.effects = [v.to_json() for v in refused.effects]
+            raise
         return engine.apply(
             ctx, plan, dry_run=dry_run, restart=not no_restart, workflow=prompt, runs=runs
         )

@@ -96,6 +96,10 @@ def test_bf16_unet_over_fp8_weights_is_refused_with_the_reason(
     assert "--bf16-unet: harmful: ComfyUI then keeps a bf16 copy of the fp8 weights" in r.stderr
     assert "weights dtype fp8_e4m3fn (safetensors header of qwen_image_fp8_e4m3fn" in r.stderr
     assert hashes(profiled) == before
+    refused = json.loads(qpatch("apply", profiled.name, "--patch", str(patch), "--json").stdout)
+    assert refused["status"] != "applied" and "harmful" in refused["error"]
+    assert refused["effects"][0]["effect"] == "harmful"
+    assert refused["evidence"]["weights_dtype"]["value"] == "fp8_e4m3fn"
     allowed = patch_file(
         tmp_path,
         "steps:\n  - startup:\n      flags: [{flag: --bf16-unet, allow_harmful: true}]\n",

@@ -78,8 +78,26 @@ def test_every_row_parses_and_says_why() -> None:
             "expandable_segments:True",
             CURRENT_DYNAMIC,
             [],
+            Effect.NO_OP,
+        ),
+        (
+            "env",
+            "PYTORCH_ALLOC_CONF",
+            "backend:native, expandable_segments: True",
+            CURRENT_DYNAMIC,
+            ["--disable-cuda-malloc"],
             Effect.HARMFUL,
         ),
+        (
+            "env",
+            ALLOC,
+            "expandable_segments:True",
+            evidence("0.33.0", dynamic_vram=True, allocator="cudaMallocAsync"),
+            ["--disable-cuda-malloc"],
+            Effect.HARMFUL,
+        ),
+        ("flag", "--cpu", None, CURRENT_DYNAMIC, [], Effect.HARMFUL),
+        ("flag", "--lowvram", None, CURRENT_DYNAMIC, ["--disable-dynamic-vram"], Effect.EFFECTIVE),
         ("env", "TORCH_CUDA_ARCH_LIST", "8.9", OLD_GPU, [], Effect.UNKNOWN),
         ("env", "TORCH_CUDA_ARCH_LIST", "8.9", OLD_CPU, [], Effect.NO_OP),
         ("flag", "--preview-method", "auto", OLD_GPU, [], Effect.UNKNOWN),
@@ -118,7 +136,7 @@ def test_an_undecided_earlier_row_makes_it_unknown() -> None:
     ev = evidence("0.38.1")  # Dynamic VRAM not known
     verdict = judge("flag", "--lowvram", None, ev)
     assert verdict.effect is Effect.UNKNOWN
-    assert verdict.why == "no-op if dynamic_vram: true"
+    assert verdict.why == "no-op if dynamic_vram: true, not (flags: --disable-dynamic-vram)"
     assert verdict.evidence == "Dynamic VRAM not known (not looked for)"
 
 
@@ -205,3 +223,10 @@ def test_the_bundled_patch_writes_nothing_harmful_or_idle(
     assert ("--bf16-unet" in names) is (dtype == "fp16")
     assert ("--lowvram" in names) is (server.dynamic_vram.value is False)
     assert ("PYTORCH_CUDA_ALLOC_CONF" in names) is (server.comfyui.value == "0.14.1")
+
+
+def test_weights_of_several_dtypes_decide_nothing_they_do_not_all_share() -> None:
+    mixed = Fact("weights dtype", ("bf16", "fp8_e4m3fn"), "header of a, b")
+    verdict = judge("flag", "--bf16-unet", None, CURRENT_DYNAMIC.merged(weights_dtype=mixed))
+    assert verdict.effect is Effect.UNKNOWN
+    assert "only some of them" in verdict.evidence
