@@ -162,15 +162,12 @@ def from_log(log: str, comfyui: Fact, source: str = "start-up log") -> dict[str,
     lines = log.splitlines()
     starts = [i for i, line in enumerate(lines) if _START.search(line)]
     version = version_tuple(str(comfyui.value)) if comfyui.value else None
+    predates = version is not None and version < (0, 15)
+    too_old = Fact("Dynamic VRAM", False, f"ComfyUI {comfyui.value} predates it (0.15)")
     if not starts:
         why = "no start-up lines in the server's log"
-        dynamic = (
-            Fact("Dynamic VRAM", False, f"ComfyUI {comfyui.value} predates it (0.15)")
-            if version is not None and version < (0, 15)
-            else _unknown("Dynamic VRAM", why)
-        )
         return {
-            "dynamic_vram": dynamic,
+            "dynamic_vram": too_old if predates else _unknown("Dynamic VRAM", why),
             "allocator": _unknown("allocator", why),
             "vram_state": _unknown("vram state", why),
         }
@@ -187,10 +184,8 @@ def from_log(log: str, comfyui: Fact, source: str = "start-up log") -> dict[str,
         elif any(words in line for words in _DYNAMIC_VRAM_OFF) and "dynamic_vram" not in found:
             found["dynamic_vram"] = Fact("Dynamic VRAM", False, f"{source}: {line.strip()[:80]!r}")
     if "dynamic_vram" not in found:
-        if version is not None and version < (0, 15):
-            found["dynamic_vram"] = Fact(
-                "Dynamic VRAM", False, f"ComfyUI {comfyui.value} predates it (0.15)"
-            )
+        if predates:
+            found["dynamic_vram"] = too_old
         elif version is not None:
             found["dynamic_vram"] = Fact(
                 "Dynamic VRAM", False, f"{source}: no {DYNAMIC_VRAM_ON!r} line"

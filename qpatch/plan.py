@@ -22,7 +22,7 @@ from qpatch.discovery import Layout
 from qpatch.effects import Effect, Verdict, judge
 from qpatch.errors import BadInput
 from qpatch.evidence import Evidence
-from qpatch.patchspec import CodemodStep, Patch, StartupStep, Step
+from qpatch.patchspec import CodemodStep, Patch, StartupStep
 from qpatch.report import Report
 from qpatch.targets import fsinfo
 from qpatch.targets.base import FileStat, Target
@@ -211,7 +211,9 @@ def make_plan(
     allow = allow_harmful or patch.allow_harmful
     server_flags = list(layout.server.argv) if layout.server else []
     for i, step in enumerate(patch.steps):
-        if step.when is not None and not _step_applies(step, i, evidence(), server_flags, report):
+        if step.when is not None and not _holds(
+            step.when, f"step {i + 1}", evidence(), server_flags, report
+        ):
             continue
         judging = Judging(evidence(), allow) if isinstance(step, StartupStep) else None
         if isinstance(step, CodemodStep):
@@ -256,25 +258,6 @@ def make_plan(
 def _needs_evidence(patch: Patch) -> bool:
     """Env and flag edits are judged on the evidence; so is any `when:`."""
     return any(isinstance(s, StartupStep) or s.when is not None for s in patch.steps)
-
-
-def _step_applies(
-    step: Step, index: int, evidence: Evidence, server_flags: list[str], report: Report
-) -> bool:
-    """A step with a `when:` runs only where it holds; one that cannot be decided is left
-    out too (writing on a guess is what qpatch is for avoiding), and the report says why."""
-    if step.when is None:
-        return True
-    outcome = step.when.decide(evidence, server_flags)
-    if outcome.value:
-        return True
-    words = "does not hold" if outcome.value is False else "cannot be decided"
-    report.find(
-        f"step {index + 1} skipped: its `when: {step.when.text}` {words} here ({outcome.why})",
-        severity="info",
-        code="when",
-    )
-    return False
 
 
 class _Ahead:
@@ -562,7 +545,8 @@ class HarmfulEdits(BadInput):
 
 
 def _holds(when: Any, name: str, evidence: Evidence, flags: list[str], report: Report) -> bool:
-    """An env var or flag with a `when:` is written only where it holds (decided)."""
+    """A step, env var or flag with a `when:` is written only where it holds; one that cannot
+    be decided is left out too (writing on a guess is what qpatch avoids), saying why."""
     if when is None:
         return True
     outcome = when.decide(evidence, flags)

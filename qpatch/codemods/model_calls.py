@@ -713,8 +713,8 @@ _NO = Decision("", 0, "none", "")
 def decide(facts: Facts, named: Sequence[str] | None, autograd: str) -> Decisions:
     """Every model call's fate: wrapped (and how), or left alone and why."""
     resolver = Resolver(facts, named)
-    loads = [(site, _load_of(resolver, site, named)) for site in facts.sites]
-    wrapped = [_load_of(resolver, Site(node, ref, 0, None), named) for node, ref in facts.wrapped]
+    loads = [(site, _load_of(resolver, site.ref, named)) for site in facts.sites]
+    wrapped = [_load_of(resolver, ref, named) for _, ref in facts.wrapped]
     has_diffusion = any(
         load and load.kind is Kind.DIFFUSION for load in [*wrapped, *(load for _, load in loads)]
     )
@@ -770,14 +770,10 @@ def decide(facts: Facts, named: Sequence[str] | None, autograd: str) -> Decision
     return Decisions(by_call, enable_after, touched, one_line, earlier, modes, stale)
 
 
-def _load_of(resolver: Resolver, site: Site, named: Sequence[str] | None) -> Load | None:
+def _load_of(resolver: Resolver, ref: Ref, named: Sequence[str] | None) -> Load | None:
     if named is not None:
-        return (
-            Load(Kind.DIFFUSION, "named in the option `models`")
-            if site.ref.dotted in named
-            else None
-        )
-    return resolver.kind(site.ref)
+        return Load(Kind.DIFFUSION, "named in the option `models`") if ref.dotted in named else None
+    return resolver.kind(ref)
 
 
 def _decide_site(
