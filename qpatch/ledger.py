@@ -158,7 +158,7 @@ class LedgerStore:
     def __init__(self, target: Target, folder: str) -> None:
         self.target = target
         self.folder = folder  # inside the target
-        self.mirror = host_state_dir() / target.key
+        self.mirror = host_state_dir() / target.mirror_key
 
     @classmethod
     def locate(
@@ -227,7 +227,7 @@ class LedgerStore:
         _atomic_host_write(self.mirror / "ledger.json", data)
         if ledger.in_target:
             self.target.write_file(self.path("ledger.json"), data, PRIVATE)
-        _atomic_host_write(host_state_dir() / "last-target", ledger.target.encode())
+        remember_target(ledger.target, self.target.host)
 
     # ----------------------------------------------------------------- backups
 
@@ -290,9 +290,23 @@ class LedgerStore:
         return self.path(name)
 
 
-def last_target() -> str | None:
+def remember_target(ref: str, host: str | None) -> None:
+    """For commands run without TARGET: the ref alone (as before engines), or with the
+    --host that reaches it."""
+    text = ref if host is None else json.dumps({"ref": ref, "host": host})
+    _atomic_host_write(host_state_dir() / "last-target", text.encode())
+
+
+def last_target() -> tuple[str, str | None] | None:
+    """(ref, host) of the last target this host applied to."""
     p = host_state_dir() / "last-target"
-    return p.read_text().strip() if p.is_file() else None
+    if not p.is_file():
+        return None
+    text = p.read_text().strip()
+    if text.startswith("{"):
+        data = json.loads(text)
+        return str(data["ref"]), data.get("host")
+    return (text, None) if text else None
 
 
 #: Constant; the folder arrives as argv. One exec instead of one per ancestor.

@@ -33,13 +33,17 @@ def session(
     require_running: bool = True,
     timeout: float = 180.0,
     exclusive: bool = True,
+    host: str | None = None,
 ) -> Iterator[Context]:
-    """`exclusive=False` (status, dry runs) reads only: no lock, no recovery, no writes."""
+    """`exclusive=False` (status, dry runs) reads only: no lock, no recovery, no writes.
+    `host`: the engine (--host) the ref is looked up on; None: DOCKER_HOST or local."""
     if ref is None:
-        ref = last_target()
-        if ref is None:
+        last = last_target()
+        if last is None:
             raise BadInput("no TARGET given, and nothing was applied from this host yet")
-        out.line(f"target: {ref} (the last one applied from this host)")
+        ref, host = last[0], host or last[1]
+        where = f" on {host}" if host else ""
+        out.line(f"target: {ref}{where} (the last one applied from this host)")
 
     def opened(must_run: bool) -> Target:
         return open_target(
@@ -47,6 +51,7 @@ def session(
             require_running=must_run,
             start_script=start_script,
             restart_cmd=shlex.split(restart_cmd) if restart_cmd else None,
+            host=host,
         )
 
     target = opened(require_running and not exclusive)

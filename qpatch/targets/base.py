@@ -67,8 +67,16 @@ class Target(Protocol):
 
     #: for people: "container qpatch-demo (3f2a…)", "local:/srv/ComfyUI"
     description: str
-    #: stable and path-safe: names the ledger folder and the host mirror
+    #: stable and path-safe: names the ledger folder in the target
     key: str
+    #: stable and path-safe: names the host mirror (a container's also names its engine,
+    #: so two engines' `comfyui` never share one)
+    mirror_key: str
+    #: the --host it was reached through, for later commands; None: the default engine
+    host: str | None
+    #: this very instance (a container's ID: one recreated under the name has another);
+    #: None where a target has no identity apart from its ref
+    instance: str | None
     #: how `qpatch verify` etc. find it again: the container name, or "local:PATH"
     ref: str
     #: the ComfyUI root the reference itself names (local:PATH), else None: discovered
@@ -84,6 +92,10 @@ class Target(Protocol):
     def probe(self, questions: Questions) -> Probe | None:
         """Discovery's questions answered in one round trip (qpatch.probe), where the target
         can; None: discovery asks each question itself."""
+
+    def labels(self) -> Mapping[str, str]:
+        """The runtime's labels on it (a container's, its image's included); empty where
+        there is no runtime. A baked image names its patch here (qpatch.baked)."""
 
     def as_container(self) -> DockerTarget | None:
         """The Docker container behind this target, for the applier that swaps it; None

@@ -5,7 +5,6 @@ timeout."""
 from __future__ import annotations
 
 import hashlib
-import os
 import posixpath
 import re
 import time
@@ -19,8 +18,9 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from qpatch.errors import BadInput, QpatchError
+from qpatch.paths import host_state_dir
 from qpatch.probe import Probe, Questions, run_probe
-from qpatch.targets import procs, tarsafe
+from qpatch.targets import engines, procs, tarsafe
 from qpatch.targets.base import ContainerConfig, ExecResult, FileStat, TargetState
 from qpatch.targets.engine_wait import (
     TargetPaused,
@@ -28,6 +28,7 @@ from qpatch.targets.engine_wait import (
     pause_wait_s,
     through_restarts,
 )
+from qpatch.targets.engines import Engine
 
 T = TypeVar("T")
 
@@ -39,16 +40,7 @@ SELF_EXIT_WAIT_S = 8
 def connect(timeout: float = 120) -> docker.DockerClient:
     """The engine DOCKER_HOST names (ssh:// too), or the local socket. `timeout` bounds
     each API call (an image commit of the test bed takes longer than any target call)."""
-    where = os.environ.get("DOCKER_HOST", "the local socket")
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except docker.errors.DockerException as e:
-        raise BadInput(
-            f"Docker engine unreachable at {where}: {e}",
-            hint="start the engine (scripts/ensure-docker does) or set DOCKER_HOST",
-        ) from e
-    return client
+    return engines.client(Engine(), timeout=timeout)
 
 
 #: Constant; the temp file and the target arrive as argv. `cat >` keeps the inode (and so
@@ -68,9 +60,15 @@ def _busy(r: ExecResult) -> bool:
 
 class DockerTarget:
     def __init__(
-        self, ref: str, client: docker.DockerClient | None = None, *, require_running: bool = True
+        self,
+        ref: str,
+        client: docker.DockerClient | None = None,
+        *,
+        require_running: bool = True,
+        engine: Engine | None = None,
     ) -> None:
-        client = client or connect()
+        self.engine = engine or Engine()
+        client = client or engines.client(self.engine)
         try:
             self.container: Container = client.containers.get(ref)
         except docker.errors.NotFound as e:
@@ -85,6 +83,8 @@ class DockerTarget:
         self.start_script: str | None = None
         self.script_folders = ("/", "/root")
         self.key = "docker-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        self.mirror_key = _mirror_key(self.key, client, self.engine)
+        self.host = self.engine.host
         self.follow(self.container)
         state = self.container.attrs["State"]
         if require_running and state.get("Status") != "running":
@@ -266,6 +266,15 @@ class DockerTarget:
     def as_container(self) -> DockerTarget:
         return self
 
+    def labels(self) -> dict[str, str]:
+        """The container's labels (its image's included: Docker copies them in)."""
+        return dict(self.container.attrs["Config"].get("Labels") or {})
+
+    @property
+    def instance(self) -> str:
+        """This very container: a recreated one (same name) has another ID."""
+        return str(self.container.id)
+
     def restart(self) -> None:
         """Stop quickly (see stop) and start again."""
         self.stop()
@@ -296,3 +305,11 @@ class DockerTarget:
     def logs(self, tail: int = 20) -> str:
         logs = through_restarts("reading the log", lambda: self.container.logs(tail=tail))
         return logs.decode("utf-8", errors="replace")
+
+
+def _mirror_key(key: str, client: docker.DockerClient, engine: Engine) -> str:
+    """The host mirror's folder: the container's name on this engine. A mirror made
+    before engines had IDs in it (`docker-<name>`, the default engine) is still used."""
+    if engine.is_default and (host_state_dir() / key / "ledger.json").is_file():
+        return key
+    return f"{key}@{engines.engine_id(client)}"

@@ -135,6 +135,9 @@ class LocalTarget:
         # the real path, so every spelling of one folder shares one ledger
         real = os.path.realpath(self.root)
         self.key = "local-" + hashlib.sha256(real.encode()).hexdigest()[:16]
+        self.mirror_key = self.key
+        self.host: str | None = None
+        self.instance: str | None = None  # a folder on this host has no other identity
         self._launcher: subprocess.Popen[bytes] | None = None  # what we last started
         self._last_launch: StartedAs | None = None  # how the server was last seen started
 
@@ -258,6 +261,9 @@ class LocalTarget:
 
     def container_config(self) -> None:
         return None
+
+    def labels(self) -> dict[str, str]:
+        return {}  # no runtime keeps labels on a folder
 
     def as_container(self) -> None:
         return None

@@ -132,6 +132,9 @@ class MemoryTarget:
     boot: Boot = field(default_factory=script_boot)
     description: str = "memory target test"
     key: str = "memory-test"
+    mirror_key: str = "memory-test"
+    host: str | None = None
+    instance: str | None = None
     ref: str = "memory:test"
     script_folders: tuple[str, ...] = ("/", "/root")
 
@@ -179,6 +182,9 @@ class MemoryTarget:
         if self.start_script is None:
             return None
         return ContainerConfig(None, ["bash", self.start_script], ["PATH=/usr/bin:/bin"])
+
+    def labels(self) -> dict[str, str]:
+        return {}
 
     def as_container(self) -> DockerTarget | None:
         return None  # the files applier never swaps containers
