@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from qpatch import __version__
-from qpatch.cli_types import Percent, Seconds, TargetRef
+from qpatch.cli_types import HostRef, Percent, Seconds, TargetRef
 from qpatch.errors import DEBUG_ENV, INTERNAL_ERROR, QpatchError, internal_error_message
 from qpatch.output import Console
 from qpatch.result import UNSET, Result
@@ -21,6 +21,7 @@ DEFAULT_PATCH = "qwen-image-2512"
 #: qpatch.vram.DEFAULT_RUNS, written out: importing vram here would load NVML's bindings
 #: for every command (tests/unit/test_series.py checks the two agree).
 DEFAULT_RUNS = 3
+DEFAULT_PARALLEL = 4
 
 
 def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> None:
@@ -66,6 +67,106 @@ TIMEOUT = click.option(
 )
 
 
+def _fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """TARGET… on each --host, or --all [--filter]: one target runs here, several run as one
+    child each (qpatch.fleet), N at a time."""
+    options = [
+        click.argument("targets", nargs=-1, type=TargetRef()),
+        click.option(
+            "--all",
+            "every",
+            is_flag=True,
+            help="Every running container on each engine (with --filter: those matching).",
+        ),
+        click.option(
+            "--filter",
+            "filters",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="With --all: Docker's container filter, as docker ps takes it "
+            "(label=com.example.role=comfyui, ancestor=IMAGE, name=…); repeatable.",
+        ),
+        click.option(
+            "--host",
+            "hosts",
+            multiple=True,
+            type=HostRef(),
+            metavar="URL|CONTEXT",
+            help="Docker engine: unix://…, tcp://host:2376, ssh://user@host, or a Docker "
+            "context name; repeatable (default: DOCKER_HOST, else the local socket).",
+        ),
+        click.option(
+            "--parallel",
+            type=click.IntRange(1, 64),
+            default=DEFAULT_PARALLEL,
+            show_default=True,
+            help="Targets worked on at once.",
+        ),
+        click.option(
+            "--max-failures",
+            type=click.IntRange(1),
+            metavar="K",
+            help="After K failed targets start no new one (those running finish; every "
+            "failed target is restored, as alone). Default: go through them all.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+#: Fleet options: never passed on to the per-target children.
+FLEET_PARAMS = ("targets", "every", "filters", "hosts", "parallel", "max_failures", "as_json")
+
+
+def _each(command: str, run: Callable[..., int], kwargs: dict[str, Any]) -> None:
+    """One target here, in this process; several (or --all, or several --host) through
+    the fleet runner, each child given the options exactly as the user gave them."""
+    refs, hosts = tuple(kwargs["targets"]), tuple(kwargs["hosts"])
+    fleet = kwargs["every"] or len(refs) > 1 or len(hosts) > 1
+    if kwargs["filters"] and not kwargs["every"]:
+        raise click.UsageError("--filter narrows --all: add --all, or name the targets")
+    if not fleet:
+        own = {k: v for k, v in kwargs.items() if k not in FLEET_PARAMS}
+        target = refs[0] if refs else None
+        _dispatch(run, kwargs["as_json"], target=target, host=hosts[0] if hosts else None, **own)
+        return
+    from qpatch.commands.fleet import fleet as run_fleet
+
+    _dispatch(
+        run_fleet,
+        kwargs["as_json"],
+        command=command,
+        refs=refs,
+        every=kwargs["every"],
+        filters=kwargs["filters"],
+        hosts=hosts,
+        forwarded=_forwarded(click.get_current_context()),
+        parallel=kwargs["parallel"],
+        max_failures=kwargs["max_failures"],
+    )
+
+
+def _forwarded(ctx: click.Context) -> list[str]:
+    """The command's own options the user set (not the defaults), as argv again."""
+    argv: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name in FLEET_PARAMS or not isinstance(param, click.Option):
+            continue
+        if ctx.get_parameter_source(name) in (None, click.core.ParameterSource.DEFAULT):
+            continue
+        value, flag = ctx.params[name], param.opts[0]
+        if param.is_flag:
+            argv += [flag] if value else []
+        elif param.multiple:
+            for v in value:
+                argv += [flag, str(v)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 RUNS = click.option(
     "--runs",
     type=click.IntRange(1, 100),
@@ -83,7 +184,8 @@ def cli() -> None:
 
     \b
     TARGET is a container name or ID (a unique prefix will do), or local:PATH for a
-    ComfyUI whose root folder is PATH on this host.
+    ComfyUI whose root folder is PATH on this host. apply, verify, rollback and status
+    take several TARGETs, or --all [--filter KEY=VALUE], on one or more --host engines.
 
     \b
     Exit codes: 0 done · 1 failed, target restored · 2 bad input, nothing changed
@@ -93,7 +195,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("target", type=TargetRef())
+@_fleet_options
 @click.option(
     "--patch",
     "patch",
@@ -144,6 +246,9 @@ def cli() -> None:
 def apply(**kwargs: Any) -> None:
     """Plan, back up, rewrite, validate, restart and health-check TARGET.
 
+    Several TARGETs, --all or several --host: each target as alone, --parallel at a
+    time, with live progress, a summary table and the worst target's exit status.
+
     With --measure, an unpatched run that runs out of GPU memory is recorded as the
     baseline ("before: out of memory") and the patch goes on.
 
@@ -155,11 +260,13 @@ def apply(**kwargs: Any) -> None:
     """
     from qpatch.commands.apply import apply as run
 
-    _dispatch(run, **kwargs)
+    if not kwargs["targets"] and not kwargs["every"]:
+        raise click.UsageError("give a TARGET (or several, or --all)")
+    _each("apply", run, kwargs)
 
 
 @cli.command()
-@click.argument("target", required=False, type=TargetRef())
+@_fleet_options
 @click.option(
     "--workflow", type=click.Path(dir_okay=False), help="API-format workflow to run and measure."
 )
@@ -190,7 +297,7 @@ def verify(**kwargs: Any) -> None:
     """
     from qpatch.commands.verify import verify as run
 
-    _dispatch(run, **kwargs)
+    _each("verify", run, kwargs)
 
 
 @cli.command()
@@ -225,7 +332,7 @@ def measure(**kwargs: Any) -> None:
 
 
 @cli.command()
-@click.argument("target", required=False, type=TargetRef())
+@_fleet_options
 @click.option("--no-restart", is_flag=True, help="Restore the files but do not restart.")
 @click.option(
     "--force", is_flag=True, help="Roll back even over files changed since apply (a copy is kept)."
@@ -243,17 +350,17 @@ def rollback(**kwargs: Any) -> None:
     """
     from qpatch.commands.rollback import rollback as run
 
-    _dispatch(run, **kwargs)
+    _each("rollback", run, kwargs)
 
 
 @cli.command()
-@click.argument("target", required=False, type=TargetRef())
+@_fleet_options
 @JSON
 def status(**kwargs: Any) -> None:
     """Show what qpatch applied to TARGET, and its history."""
     from qpatch.commands.status import status as run
 
-    _dispatch(run, **kwargs)
+    _each("status", run, kwargs)
 
 
 @cli.command()

@@ -57,3 +57,18 @@ class TargetRef(click.ParamType):
         if "\x00" in text or "\n" in text:
             self.fail(f"{text!r} is not a container name, ID or local:PATH", param, ctx)
         return text
+
+
+class HostRef(click.ParamType):
+    """A Docker engine: a URL of a known scheme, or the name of a Docker context."""
+
+    name = "HOST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        from qpatch.errors import BadInput
+        from qpatch.targets.engines import check_host
+
+        try:
+            return check_host(str(value))
+        except BadInput as e:
+            self.fail(str(e).removeprefix("--host "), param, ctx)

@@ -4,6 +4,7 @@ with --json everything for people goes to stderr, so stdout stays parseable."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,15 +18,27 @@ class Console:
         self.as_json = as_json
         self._err = as_json  # human output to stderr when stdout carries JSON
         self._last_progress = 0.0
+        # a fleet's child: each step goes to the parent's live view too (qpatch.fleet)
+        fd = os.environ.pop("QPATCH_PROGRESS_FD", None)
+        self._phases = os.fdopen(int(fd), "w", buffering=1) if fd and fd.isdigit() else None
 
     def line(self, msg: str = "", **style: Any) -> None:
         click.secho(msg, err=self._err, **style)
 
     def step(self, msg: str) -> None:
         self.line(f"• {msg}")
+        self._phase(msg)
+
+    def _phase(self, msg: str) -> None:
+        if self._phases is not None:
+            try:
+                self._phases.write(msg.replace("\n", " ") + "\n")
+            except OSError:
+                self._phases = None  # the parent went away: the command goes on
 
     def ok(self, msg: str) -> None:
         self.line(f"✓ {msg}", fg="green")
+        self._phase(msg)
 
     def warn(self, msg: str) -> None:
         click.secho(f"! {msg}", err=True, fg="yellow")

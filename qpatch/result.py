@@ -29,6 +29,8 @@ class Result:
     evidence: dict[str, Any] = UNSET  # apply: what the server is, each fact with its source
     effects: list[dict[str, Any]] = UNSET  # apply: every env and flag edit, with its effect
     argv: list[str] | None = UNSET  # the flags the patched server really runs with
+    restart_s: float = UNSET  # the last restart, from stop to healthy
+    engine: str = UNSET  # the --host the target was reached through, where one was given
     checks: list[dict[str, Any]] = UNSET  # verify
     measurement: dict[str, Any] = UNSET  # verify --workflow
     measurements: dict[str, Any] = UNSET  # apply --measure: baseline and after
@@ -37,6 +39,7 @@ class Result:
     ledger: str = UNSET  # status: where the ledger lives in the target
     recreate: dict[str, Any] = UNSET  # status of a swapped container
     patches: list[dict[str, str]] = UNSET  # qpatch patches
+    targets: list[dict[str, Any]] = UNSET  # a fleet command: one object per target
     error: str = UNSET
     exit_code: int = UNSET
     #: commands run by this one (the demo's apply, verify, rollback), by name

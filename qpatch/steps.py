@@ -3,6 +3,7 @@ original files back, read a file's hash as it is now."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from qpatch import health
@@ -23,8 +24,10 @@ def restart_and_wait(
         ledger.restart_pending = True
         ctx.store.save(ledger)
     ctx.out.step(f"restarting ComfyUI ({why})")
+    began = time.monotonic()
     ctx.target.restart()
     stats = wait_healthy(ctx)
+    ctx.result.restart_s = round(time.monotonic() - began, 2)
     ledger.restart_pending = False
     if save_after:
         ctx.store.save(ledger)

@@ -12,6 +12,7 @@ def verify(
     result: Result,
     *,
     target: str | None,
+    host: str | None = None,
     workflow: str | None = None,
     expect_saving: float | None = None,
     require_vram: bool = False,
@@ -21,7 +22,7 @@ def verify(
     """`runs`: warm runs of the --workflow measurement (None: vram.DEFAULT_RUNS)."""
     prompt = load_workflow(workflow) if workflow else None
     saved = baselines.load(baseline) if baseline else None
-    with session(out, result, target, require_running=False) as ctx:
+    with session(out, result, target, require_running=False, host=host) as ctx:
         return engine.verify(
             ctx,
             workflow=prompt,
