@@ -364,6 +364,33 @@ def status(**kwargs: Any) -> None:
 
 
 @cli.command()
+@click.argument("target", required=False, type=TargetRef())
+@click.option(
+    "--tag",
+    required=True,
+    metavar="IMAGE:TAG",
+    help="The image to commit the patched container as (e.g. comfyui-patched:qwen-v2).",
+)
+@click.option("--host", type=HostRef(), metavar="URL|CONTEXT", help="Docker engine (see apply).")
+@JSON
+def bake(**kwargs: Any) -> None:
+    """Commit patched TARGET as an image that is born patched.
+
+    After a healthy apply: the container is committed as IMAGE:TAG with labels naming the
+    patch, its version and every written file's sha256, so a container recreated from it
+    starts patched (apply says "already applied (baked)", verify checks the files against
+    the labels). Prints the compose / docker run change that uses it.
+
+    \b
+    Exit codes: 0 baked · 2 bad input (not patched, not a container, a run in progress)
+    · 3 a file changed since apply, or unhealthy · 70 internal error.
+    """
+    from qpatch.commands.bake import bake as run
+
+    _dispatch(run, **kwargs)
+
+
+@cli.command()
 @JSON
 def patches(**kwargs: Any) -> None:
     """List the bundled patches."""

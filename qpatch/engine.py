@@ -12,9 +12,10 @@ holds."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from qpatch import appliers
+from qpatch import appliers, baked
 from qpatch.appliers import Applier
 from qpatch.context import Context
 from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError
@@ -126,6 +127,11 @@ def apply(
     runs: int | None = None,
 ) -> int:
     previous = ctx.store.load()
+    stale = baked.recreated_unpatched(ctx.target, ctx.store, previous)
+    if stale and previous is not None:  # its patch went with the old container: apply again
+        ctx.out.warn(f"{stale}: applying it again")
+        previous = replace(previous, state=State.RESTORED)
+        previous.event("recreated from an image without the patch")
     applier = appliers.for_plan(plan)
     try:
         if not _show_plan(ctx, plan, previous):
@@ -250,6 +256,8 @@ def _new_ledger(
         target=ctx.target.ref,
         key=ctx.target.key,
         patch=plan.patch_name,
+        patch_version=plan.patch_version,
+        instance=ctx.target.instance,
         state=State.WRITING,
         comfyui_root=ctx.layout.root,
         start_script=ctx.layout.start_script,
@@ -320,6 +328,16 @@ def verify(
         checks.append({"check": name, "ok": ok, "detail": detail})
         (out.ok if ok else out.warn)(f"{name}: {detail}")
 
+    stale = baked.recreated_unpatched(ctx.target, ctx.store, ledger)
+    born = baked.read(ctx.target.labels())
+    if stale:
+        check("patched", False, f"recreated unpatched: {stale}")
+        out.line(f"  {baked.recreated_hint(ctx.target.ref)}")
+        ctx.result.files = file_rows(ledger)
+        ctx.result.status = "recreated-unpatched"
+        return CheckFailed.exit_code
+    if ledger is None and born is not None:
+        return _verify_baked(ctx, born, check)
     if ledger is None or ledger.state != State.APPLIED:
         state = str(ledger.state) if ledger else "no ledger"
         check("patched", False, f"not applied ({state})")
@@ -347,6 +365,26 @@ def verify(
     else:
         out.line("VRAM: not measured (give --workflow FILE to run and measure one)")
     ok = all(c["ok"] for c in checks)
+    ctx.result.status = "ok" if ok else "failed"
+    return 0 if ok else CheckFailed.exit_code
+
+
+def _verify_baked(ctx: Context, born: baked.Baked, check: Any) -> int:
+    """A container born from a baked image holds no ledger: its image's labels say what
+    was written, and the files must still be that."""
+    check("patched", True, f"{born.patch} (version {born.patch_version}), baked into its image")
+    ctx.result.patch = born.patch
+    ctx.result.baked = born.to_json()
+    states = baked.file_states(ctx.target, born)
+    ctx.result.files = [
+        {"path": p, "sha256_after": born.files[p], "now": st} for p, st in states.items()
+    ]
+    for path, state in states.items():
+        detail = "sha256 as baked" if state == baked.PATCHED else f"{state}, not as baked"
+        check(f"unchanged {path}", state == baked.PATCHED, detail)
+    stats = ctx.api.system_stats()
+    check("healthy", stats is not None, "answers /system_stats" if stats else "no answer")
+    ok = all(c["ok"] for c in ctx.result.checks)
     ctx.result.status = "ok" if ok else "failed"
     return 0 if ok else CheckFailed.exit_code
 
@@ -409,6 +447,23 @@ def measure_runs(
 def rollback(ctx: Context, *, restart: bool, force: bool) -> int:
     out = ctx.out
     ledger = ctx.store.load()
+    stale = baked.recreated_unpatched(ctx.target, ctx.store, ledger)
+    born = baked.read(ctx.target.labels())
+    if stale:
+        ctx.result.status = "nothing-to-roll-back"
+        ctx.result.files = []
+        ctx.result.patch = None
+        out.ok(f"nothing to roll back: {stale}")
+        return 0
+    if (ledger is None or ledger.state.is_closed) and born is not None:
+        states = baked.file_states(ctx.target, born)
+        if baked.PATCHED in states.values():
+            source = born.source_image or "the image it was baked from"
+            raise BadInput(
+                f"{ctx.target.description} was born patched: {born.patch} is baked into its "
+                "image, and the container holds no ledger to undo",
+                hint=f"recreate it from {source} (the image the patch was baked on)",
+            )
     if ledger is None or ledger.state.is_closed:
         ctx.result.status = "nothing-to-roll-back"
         ctx.result.files = []
@@ -445,6 +500,30 @@ def rollback(ctx: Context, *, restart: bool, force: bool) -> int:
 
 def status(ctx: Context) -> int:
     ledger = ctx.store.load()
+    stale = baked.recreated_unpatched(ctx.target, ctx.store, ledger)
+    born = baked.read(ctx.target.labels())
+    if stale:
+        ctx.result.status = "recreated-unpatched"
+        ctx.result.patch = ledger.patch if ledger else None
+        ctx.result.files = file_rows(ledger) if ledger else []
+        ctx.result.findings = []
+        ctx.out.warn(stale)
+        ctx.out.line(f"  {baked.recreated_hint(ctx.target.ref)}")
+        return 0
+    if ledger is None and born is not None:
+        states = baked.file_states(ctx.target, born)
+        ctx.result.status = "baked"
+        ctx.result.patch = born.patch
+        ctx.result.baked = born.to_json()
+        ctx.result.files = [{"path": p, "now": st} for p, st in states.items()]
+        ctx.result.findings = []
+        ctx.out.line(
+            f"{ctx.target.description}: {born.patch} (version {born.patch_version}) — baked "
+            f"into its image (from {born.baked_from or '?'}, on {born.source_image or '?'})"
+        )
+        for path, state in states.items():
+            ctx.out.line(f"  {path}: {state}")
+        return 0
     if ledger is None:
         ctx.result.status = "never-patched"
         ctx.result.patch = None

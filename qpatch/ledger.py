@@ -120,6 +120,10 @@ class Ledger:
     #: state, the next command starts it again before anything else (a kill mid-restart
     #: must not leave the server down while a later command reports success)
     restart_pending: bool = False
+    #: the patch file's version, and the container the patch was written into (its ID):
+    #: one recreated under the same name has another (qpatch.baked.recreated_unpatched)
+    patch_version: str | None = None
+    instance: str | None = None
 
     def __post_init__(self) -> None:
         self.state = State(self.state)  # "applied" from older callers and JSON alike

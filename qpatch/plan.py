@@ -58,6 +58,8 @@ class Plan:
     evidence: Evidence | None = None
     #: Every env and flag edit the patch asked for, with its effect on this server.
     effects: list[Verdict] = field(default_factory=list)
+    #: The patch file's `version:`, for the ledger and a baked image's labels.
+    patch_version: str | None = None
 
     @property
     def changed_edits(self) -> list[FileEdit]:
@@ -252,7 +254,9 @@ def make_plan(
             _merge(report, rep, posixpath.basename(path))
     edits = [FileEdit(p, originals[p], data, stat) for p, (data, stat) in contents.items()]
     known = gathered[0] if gathered else None
-    return Plan(patch.name, edits, report, env, flags, container, known, effects)
+    return Plan(
+        patch.name, edits, report, env, flags, container, known, effects, str(patch.version)
+    )
 
 
 def _needs_evidence(patch: Patch) -> bool:

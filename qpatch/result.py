@@ -39,6 +39,7 @@ class Result:
     ledger: str = UNSET  # status: where the ledger lives in the target
     recreate: dict[str, Any] = UNSET  # status of a swapped container
     patches: list[dict[str, str]] = UNSET  # qpatch patches
+    baked: dict[str, Any] = UNSET  # a container born from a baked image; bake's image
     targets: list[dict[str, Any]] = UNSET  # a fleet command: one object per target
     error: str = UNSET
     exit_code: int = UNSET

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from qpatch import engine
+from qpatch import baked, engine
+from qpatch.context import Context
 from qpatch.errors import BadInput
 from qpatch.output import Console
 from qpatch.patchspec import load_patch
@@ -49,6 +50,8 @@ def apply(
         exclusive=not dry_run,
     ) as ctx:
         out.step(f"{ctx.target.description}: {ctx.layout.describe()}")
+        if _born_patched(ctx, spec.name):
+            return 0
         if recreate and ctx.layout.start_script:
             out.line(f"  --recreate not needed: {ctx.layout.start_script} carries env and flags")
         try:
@@ -67,3 +70,25 @@ def apply(
         return engine.apply(
             ctx, plan, dry_run=dry_run, restart=not no_restart, workflow=prompt, runs=runs
         )
+
+
+def _born_patched(ctx: Context, patch: str) -> bool:
+    """A container born from an image baked with this patch, its files as baked: done,
+    with no ledger of its own to write (qpatch.baked)."""
+    born = baked.read(ctx.target.labels())
+    if born is None or born.patch != patch:
+        return False
+    states = baked.file_states(ctx.target, born)
+    if any(state != baked.PATCHED for state in states.values()):
+        changed = ", ".join(f"{p}: {s}" for p, s in states.items() if s != baked.PATCHED)
+        ctx.out.warn(f"born from an image baked with {patch}, but not as baked ({changed})")
+        return False
+    ctx.result.status = "already-applied"
+    ctx.result.baked = born.to_json()
+    ctx.result.files = [{"path": p, "sha256_after": born.files[p]} for p in states]
+    ctx.result.findings = []
+    ctx.out.ok(
+        f"already applied (baked): {patch} version {born.patch_version} is in the image "
+        f"{ctx.target.description} was created from; nothing to do"
+    )
+    return True

@@ -270,6 +270,25 @@ class DockerTarget:
         """The container's labels (its image's included: Docker copies them in)."""
         return dict(self.container.attrs["Config"].get("Labels") or {})
 
+    def commit(self, image: str, labels: Mapping[str, str]) -> str:
+        """Commit the container (paused meanwhile, so no half-written file is caught) as
+        `image` (REPO:TAG) with `labels` added to its config; the new image's ID."""
+        repository, _, tag = image.rpartition(":") if _has_tag(image) else (image, "", "latest")
+        conf = {"Labels": {**self.labels(), **labels}}
+        try:
+            made = self._engine_call(
+                f"committing {self.ref}",
+                lambda: self.container.commit(repository=repository, tag=tag, conf=conf),
+            )
+        except docker.errors.APIError as e:
+            raise QpatchError(f"committing {self.description}: {e.explanation or e}") from e
+        return str(made.id)
+
+    @property
+    def image(self) -> str:
+        """The image the container was created from, as its config names it."""
+        return str(self.container.attrs["Config"].get("Image") or self.container.image.id)
+
     @property
     def instance(self) -> str:
         """This very container: a recreated one (same name) has another ID."""
@@ -305,6 +324,11 @@ class DockerTarget:
     def logs(self, tail: int = 20) -> str:
         logs = through_restarts("reading the log", lambda: self.container.logs(tail=tail))
         return logs.decode("utf-8", errors="replace")
+
+
+def _has_tag(image: str) -> bool:
+    """`registry:5000/repo` has a port, not a tag: a tag is after the last slash."""
+    return ":" in image.rsplit("/", 1)[-1]
 
 
 def _mirror_key(key: str, client: docker.DockerClient, engine: Engine) -> str:
