@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from qpatch import __version__
 from qpatch.cli_types import HostRef, Percent, Seconds, TargetRef
@@ -119,10 +120,27 @@ def _fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 FLEET_PARAMS = ("targets", "every", "filters", "hosts", "parallel", "max_failures", "as_json")
 
 
+#: apply's options for a service:NAME target only.
+SERVICE_PARAMS = ("tag", "update_parallelism", "update_delay", "update_monitor")
+SERVICE_PREFIX = "service:"
+
+
 def _each(command: str, run: Callable[..., int], kwargs: dict[str, Any]) -> None:
     """One target here, in this process; several (or --all, or several --host) through
-    the fleet runner, each child given the options exactly as the user gave them."""
+    the fleet runner, each child given the options exactly as the user gave them. A
+    service:NAME target goes to qpatch.commands.service."""
     refs, hosts = tuple(kwargs["targets"]), tuple(kwargs["hosts"])
+    service = len(refs) == 1 and refs[0].startswith(SERVICE_PREFIX)
+    ctx = click.get_current_context()
+    if not service:
+        for name in SERVICE_PARAMS:
+            if name in kwargs and ctx.get_parameter_source(name) != ParameterSource.DEFAULT:
+                raise click.UsageError(f"--{name.replace('_', '-')} is for service:NAME targets")
+            kwargs.pop(name, None)
+    else:
+        from qpatch.commands import service as services
+
+        run = getattr(services, command)
     fleet = kwargs["every"] or len(refs) > 1 or len(hosts) > 1
     if kwargs["filters"] and not kwargs["every"]:
         raise click.UsageError("--filter narrows --all: add --all, or name the targets")
@@ -154,7 +172,7 @@ def _forwarded(ctx: click.Context) -> list[str]:
         name = param.name or ""
         if name in FLEET_PARAMS or not isinstance(param, click.Option):
             continue
-        if ctx.get_parameter_source(name) in (None, click.core.ParameterSource.DEFAULT):
+        if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
             continue
         value, flag = ctx.params[name], param.opts[0]
         if param.is_flag:
@@ -183,9 +201,11 @@ def cli() -> None:
     """Patch a running ComfyUI so Qwen-Image fits in GPU memory, and undo it byte-exact.
 
     \b
-    TARGET is a container name or ID (a unique prefix will do), or local:PATH for a
-    ComfyUI whose root folder is PATH on this host. apply, verify, rollback and status
-    take several TARGETs, or --all [--filter KEY=VALUE], on one or more --host engines.
+    TARGET is a container name or ID (a unique prefix will do), local:PATH for a
+    ComfyUI whose root folder is PATH on this host, or service:NAME for a Docker Swarm
+    service (a canary is patched and baked, then Swarm rolls the service to it). apply,
+    verify, rollback and status take several TARGETs, or --all [--filter KEY=VALUE], on
+    one or more --host engines.
 
     \b
     Exit codes: 0 done · 1 failed, target restored · 2 bad input, nothing changed
@@ -242,6 +262,34 @@ def cli() -> None:
     "--allow-harmful",
     is_flag=True,
     help="Write edits qpatch/effects.yaml calls harmful on this server anyway.",
+)
+@click.option(
+    "--tag",
+    metavar="IMAGE:TAG",
+    help="service:NAME: the image the canary is baked as "
+    "(default qpatch-baked/NAME:PATCH-vVERSION-TIME).",
+)
+@click.option(
+    "--update-parallelism",
+    type=click.IntRange(0, 1000),
+    default=1,
+    show_default=True,
+    help="service:NAME: tasks Swarm replaces at once (0: all).",
+)
+@click.option(
+    "--update-delay",
+    type=Seconds(maximum=3600),
+    default=2.0,
+    show_default=True,
+    help="service:NAME: seconds between batches.",
+)
+@click.option(
+    "--update-monitor",
+    type=Seconds(maximum=3600),
+    default=15.0,
+    show_default=True,
+    help="service:NAME: seconds Swarm watches each new task; a task failing within it "
+    "rolls the whole service back.",
 )
 def apply(**kwargs: Any) -> None:
     """Plan, back up, rewrite, validate, restart and health-check TARGET.

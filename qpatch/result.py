@@ -40,7 +40,10 @@ class Result:
     recreate: dict[str, Any] = UNSET  # status of a swapped container
     patches: list[dict[str, str]] = UNSET  # qpatch patches
     baked: dict[str, Any] = UNSET  # a container born from a baked image; bake's image
-    targets: list[dict[str, Any]] = UNSET  # a fleet command: one object per target
+    targets: list[dict[str, Any]] = UNSET
+    tasks: dict[str, Any] = (
+        UNSET  # a service: each reachable task's files  # a fleet command: one object per target
+    )
     error: str = UNSET
     exit_code: int = UNSET
     #: commands run by this one (the demo's apply, verify, rollback), by name

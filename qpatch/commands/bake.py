@@ -25,7 +25,16 @@ TAG_RE = re.compile(
 )
 
 
-def bake(out: Console, result: Result, *, target: str | None, tag: str, host: str | None) -> int:
+def bake(
+    out: Console,
+    result: Result,
+    *,
+    target: str | None,
+    tag: str,
+    host: str | None,
+    advise: bool = True,
+) -> int:
+    """`advise`: print how to use the image (a service rollout uses it itself)."""
     if not TAG_RE.fullmatch(tag):
         raise BadInput(f"--tag {tag!r} is not an image reference (e.g. comfyui-patched:qwen-v2)")
     with session(out, result, target, require_running=True, exclusive=False, host=host) as ctx:
@@ -71,7 +80,7 @@ def bake(out: Console, result: Result, *, target: str | None, tag: str, host: st
         assert made is not None  # labels_for's own output reads back
         result.baked = {**made.to_json(), "image": tag, "image_id": image_id}
         result.files = [{"path": r.path, "sha256_after": r.sha256_after} for r in ledger.files]
-        for line in how_to_use(tag, source, container.labels()):
+        for line in how_to_use(tag, source, container.labels()) if advise else []:
             out.line(line)
         return 0
 

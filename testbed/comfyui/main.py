@@ -67,6 +67,24 @@ else:
 import cuda_malloc  # noqa: E402, F401 - sets PYTORCH_CUDA_ALLOC_CONF before torch loads
 
 
+#: Test bed only, no upstream counterpart: a server that starts, answers, then dies this
+#: many seconds later (as one that crashes after warm-up does): what a rollout's monitor
+#: window is for, and a health gate at the first answer cannot see.
+EXIT_AFTER_ENV = "COMFYUI_STANDIN_EXIT_AFTER_S"
+
+
+def _exit_later(seconds: str | None) -> None:
+    if not seconds:
+        return
+    import threading
+
+    def die() -> None:
+        logging.error("%s=%s: exiting as asked", EXIT_AFTER_ENV, seconds)
+        os._exit(1)
+
+    threading.Timer(float(seconds), die).start()
+
+
 def main() -> int:
     import threading
 
@@ -93,6 +111,7 @@ def main() -> int:
         return 0
     queue = execution.PromptQueue()
     threading.Thread(target=queue.work, name="prompt_worker", daemon=True).start()
+    _exit_later(os.environ.get(EXIT_AFTER_ENV))
     try:
         server.serve(queue)
     except KeyboardInterrupt:
