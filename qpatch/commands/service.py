@@ -112,7 +112,13 @@ def apply(
     spec = load_patch(patch)
     result.target, result.patch = target, spec.name
     previous = records.load(svc.name, engine)
-    if previous and previous.state == records.APPLIED and svc.image.split("@")[0] == previous.image:
+    current = svc.image.split("@")[0]
+    if previous and previous.state == records.APPLIED and current == previous.image:
+        if previous.patch != spec.name:
+            raise BadInput(
+                f"service {svc.name} carries {previous.patch!r}; roll it back first",
+                hint=f"qpatch rollback service:{svc.name}",
+            )
         result.status = "already-applied"
         out.ok(f"{spec.name} is already rolled out to service {svc.name} ({previous.image})")
         return 0
