@@ -11,6 +11,7 @@ the same way. The record of it all lives on this host (qpatch.swarm.record)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError, Resto
 from qpatch.health import wait_healthy
 from qpatch.ledger import sha256
 from qpatch.output import Console
+from qpatch.paths import host_state_dir
 from qpatch.result import Result
 from qpatch.swarm import canary
 from qpatch.swarm import record as records
@@ -131,6 +133,10 @@ def apply(
     image = tag or f"qpatch-baked/{svc.name}:{spec.name}-v{spec.version}-{int(time.time())}"
     out.step(f"canary {canary.name_for(svc.name)}: made like task {tasks[0].name}")
     canary_container = canary.clone(c, tasks[0], svc.name)
+    # its host mirror goes with it: a later run's canary (same name) is another container
+    mirror = (
+        host_state_dir() / DockerTarget(canary_container.id, c, require_running=False).mirror_key
+    )
     try:
         layout = _wait_ready(canary_container, c, timeout)
         sub = result.step("canary")
@@ -169,6 +175,7 @@ def apply(
         raise
     finally:
         canary.remove(c, svc.name)
+        shutil.rmtree(mirror, ignore_errors=True)
     made = result.steps["bake"].baked
     rec = ServiceRecord(
         service=svc.name,
