@@ -136,6 +136,7 @@ def _server_config(folder: Path, port: int) -> Path:
         "PrintLastLog no",
         # docker-py opens a connection (an ssh) per concurrent request
         "MaxStartups 64:30:128",
+        "MaxSessions 64",
         "LogLevel VERBOSE",
     ]
     if os.environ.get("DOCKER_HOST"):  # the far side's docker CLI reaches our engine too
@@ -145,7 +146,7 @@ def _server_config(folder: Path, port: int) -> Path:
     return path
 
 
-def _client_config(folder: Path, agent_sock: Path) -> Path:
+def _client_config(folder: Path, agent_sock: Path, mux: Path | None) -> Path:
     path = folder / "ssh_config"
     path.write_text(
         "Host *\n"
@@ -162,7 +163,7 @@ def _client_config(folder: Path, agent_sock: Path) -> Path:
         "  KbdInteractiveAuthentication no\n"
         "  GSSAPIAuthentication no\n"
         "  ControlMaster no\n"
-        "  ControlPath none\n"
+        f"  ControlPath {mux or 'none'}\n"
         "  ConnectTimeout 10\n"
         "  LogLevel ERROR\n"
     )
@@ -185,13 +186,7 @@ def _wait_listening(proc: subprocess.Popen[bytes], log: Path, port: int) -> bool
     raise SshdError(f"sshd did not listen within {START_WAIT_S}s:\n{log.read_text()[-2000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Our sshd, and the per-connection sshd children it forked (found by parent PID)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == proc.pid:
-                children.append(int(stat.parent.name))
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -199,15 +194,38 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _stop_sshd(proc: subprocess.Popen[bytes]) -> None:
+    """Our sshd, and the per-connection sshd children it forked (found by parent PID)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == proc.pid:
+                children.append(int(stat.parent.name))
+    _terminate(proc)
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
 
 
+def _wait_for(
+    path: Path, proc: subprocess.Popen[bytes], what: str, log: Path | None = None
+) -> None:
+    deadline = time.monotonic() + START_WAIT_S
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            said = log.read_text(errors="replace")[-2000:] if log else ""
+            raise SshdError(f"{what} did not start{': ' + said if said else ''}")
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
-def running_sshd(ports: tuple[int, ...] = (22,)) -> Iterator[Sshd]:
-    """sshd on 127.0.0.1 at the first of `ports` that is free (else a free one), and an
-    agent holding the client key; both stopped, and the folder removed, afterwards."""
+def running_sshd(ports: tuple[int, ...] = (22,), *, multiplex: bool = True) -> Iterator[Sshd]:
+    """sshd on 127.0.0.1 at the first of `ports` that is free (else a free one), an agent
+    holding the client key and, with `multiplex`, one ssh connection of ours that every
+    later ssh rides (ControlPath): docker-py runs one ssh per HTTP connection, a new one per
+    exec, and a handshake costs ~0.3 s. All stopped, the folder removed, afterwards."""
     ensure_openssh()
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -223,12 +241,8 @@ def running_sshd(ports: tuple[int, ...] = (22,)) -> Iterator[Sshd]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        stack.callback(lambda: (agent.terminate(), agent.wait(timeout=5)))
-        deadline = time.monotonic() + START_WAIT_S
-        while not agent_sock.exists():
-            if agent.poll() is not None or time.monotonic() > deadline:
-                raise SshdError("ssh-agent did not start")
-            time.sleep(0.02)
+        stack.callback(_terminate, agent)
+        _wait_for(agent_sock, agent, "ssh-agent")
         subprocess.run(
             ["ssh-add", "-q", str(folder / "id_ed25519")],
             check=True,
@@ -237,12 +251,13 @@ def running_sshd(ports: tuple[int, ...] = (22,)) -> Iterator[Sshd]:
         )
         (folder / "id_ed25519").unlink()  # the private key is in the agent only
 
+        mux = folder / "mux" if multiplex else None
         bindir = folder / "bin"
         bindir.mkdir()
         shim = bindir / "ssh"
         shim.write_text(
             "#!/bin/sh\n# the system's ssh, reading our config instead of ~/.ssh and /etc/ssh\n"
-            f"exec {SYSTEM_SSH} -F '{_client_config(folder, agent_sock)}' \"$@\"\n"
+            f"exec {SYSTEM_SSH} -F '{_client_config(folder, agent_sock, mux)}' \"$@\"\n"
         )
         shim.chmod(0o755)
 
@@ -266,15 +281,25 @@ def running_sshd(ports: tuple[int, ...] = (22,)) -> Iterator[Sshd]:
                 break
         else:
             raise SshdError(f"no free port among {candidates} for sshd")
-        stack.callback(_stop, proc)
+        stack.callback(_stop_sshd, proc)
 
         hostspec = "127.0.0.1" if port == 22 else f"[127.0.0.1]:{port}"
         (folder / "known_hosts").write_text(f"{hostspec} {host_pub}\n")
+        env = {
+            "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "SSH_AUTH_SOCK": str(agent_sock),
+        }
+        if mux is not None:
+            master_log = folder / "master.log"
+            with master_log.open("wb") as sink:
+                master = subprocess.Popen(
+                    [str(shim), "-M", "-N", "-l", "root", "-p", str(port), "--", "127.0.0.1"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=sink,
+                    env={**os.environ, **env},
+                )
+            stack.callback(_terminate, master)
+            _wait_for(mux, master, "the ssh master connection", master_log)
         url = "ssh://root@127.0.0.1" + ("" if port == 22 else f":{port}")
-        yield Sshd(
-            url=url,
-            port=port,
-            env={"PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-                 "SSH_AUTH_SOCK": str(agent_sock)},
-            folder=folder,
-        )
+        yield Sshd(url=url, port=port, env=env, folder=folder)
