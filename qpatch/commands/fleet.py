@@ -37,15 +37,16 @@ def fleet(
         host = ["--host", m.host] if m.host else []
         return [sys.executable, "-m", "qpatch", command, m.ref, *host, *forwarded, "--json"]
 
-    outcomes = runner.run(
+    ran = runner.run(
         members, argv_for, parallel=parallel, max_failures=max_failures, view=LiveView()
     )
+    outcomes = ran.outcomes
     out.line()
     out.line(table(summary_rows(outcomes)))
     for line in failure_details(outcomes):
         out.line(line)
     code = worst([o.exit_code for o in outcomes])
-    interrupted = any(o.reason and "interrupted" in o.reason for o in outcomes)
+    interrupted = ran.interrupted
     if interrupted:
         code = worst([code, 130])
     result.targets = [_entry(o) for o in outcomes]
@@ -61,4 +62,5 @@ def _entry(o: runner.Outcome) -> dict[str, object]:
     if o.state == runner.NOT_STARTED:
         return {**base, "status": "not-started", "reason": o.reason, "exit_code": None}
     child = o.result or {"status": "crashed", "log": o.log[-20:]}
-    return {**child, **base, "exit_code": o.exit_code, "elapsed_s": round(o.elapsed or 0, 2)}
+    timing = {"exit_code": o.exit_code, "elapsed_s": round(o.elapsed or 0, 2)}
+    return {**child, **base, **timing, "interrupted": o.interrupted}

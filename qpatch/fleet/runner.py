@@ -42,6 +42,7 @@ class Outcome:
     result: dict[str, Any] | None = None  # the child's --json object
     log: list[str] = field(default_factory=list)  # the child's lines for people
     reason: str | None = None  # why it never started
+    interrupted: bool = False  # Ctrl-C reached it (the fleet's, twice) while it ran
 
     @property
     def elapsed(self) -> float | None:
@@ -84,6 +85,7 @@ class _Child:
         finally:
             os.close(write_fd)
         self._stdout = bytearray()
+        self._signalled = False
         self._threads = [
             _drain(self.proc.stdout, self._stdout.extend),  # type: ignore[arg-type]
             _drain_lines(self.proc.stderr, outcome.log.append),  # type: ignore[arg-type]
@@ -110,8 +112,11 @@ class _Child:
         return True
 
     def interrupt(self) -> None:
-        """SIGINT, as Ctrl-C on a single command: it restores what it wrote, then exits."""
-        if self.proc.poll() is None:
+        """SIGINT, as Ctrl-C on a single command: it restores what it wrote, then exits.
+        Once only: a second one could cut the restore itself short."""
+        self.outcome.interrupted = True
+        if self.proc.poll() is None and not self._signalled:
+            self._signalled = True
             self.proc.send_signal(signal.SIGINT)
 
 
@@ -137,6 +142,14 @@ def _drain_lines(stream: Any, sink: Callable[[str], object]) -> threading.Thread
     return t
 
 
+@dataclass
+class Fleet:
+    """Every member's outcome, in the members' order, and whether Ctrl-C stopped it."""
+
+    outcomes: list[Outcome]
+    interrupted: bool
+
+
 def run(
     members: Sequence[Member],
     argv_for: Callable[[Member], list[str]],
@@ -145,9 +158,9 @@ def run(
     max_failures: int | None,
     view: View,
     tick: float = 0.2,
-) -> list[Outcome]:
-    """Every member's outcome, in the members' order. After `max_failures` failed targets
-    no new one starts (those running finish); Ctrl-C as the module says."""
+) -> Fleet:
+    """Run them all. After `max_failures` failed targets no new one starts (those
+    running finish); Ctrl-C as the module says."""
     outcomes = [Outcome(m) for m in members]
     pending = deque(outcomes)
     running: list[_Child] = []
@@ -161,10 +174,12 @@ def run(
                 f"interrupted: no new target starts; the {len(running)} in flight finish "
                 "(Ctrl-C again to stop them: each restores its target)"
             )
-        else:
+        elif interrupts == 2:
             view.note(f"stopping the {len(running)} in flight: each restores its target")
             for child in running:
                 child.interrupt()
+        else:
+            view.note("already stopping: each target in flight is restoring itself")
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     failures = 0
@@ -190,7 +205,7 @@ def run(
     for outcome in pending:
         outcome.state, outcome.phase, outcome.reason = NOT_STARTED, "not started", reason
     view.close(outcomes)
-    return outcomes
+    return Fleet(outcomes, interrupts > 0)
 
 
 def _stop_reason(interrupts: int, failures: int, max_failures: int | None) -> str | None:

@@ -31,7 +31,7 @@ def _clip(text: str, width: int) -> str:
 
 
 def progress_line(o: Outcome, name_width: int) -> str:
-    elapsed = f"{o.elapsed:6.1f} s" if o.elapsed is not None else "       "
+    elapsed = f"{o.elapsed:6.1f} s" if o.elapsed is not None else " " * 8
     marks = {DONE: "✓" if o.exit_code == 0 else "✗", RUNNING: "…", NOT_STARTED: "-"}
     mark = marks.get(o.state, " ")
     return f"{mark} {o.member.ref:<{name_width}} {elapsed}  {_clip(o.phase, 70)}"
@@ -129,12 +129,17 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str] = HEADER) -> str:
 
 
 def failure_details(outcomes: Sequence[Outcome], lines: int = 6) -> list[str]:
-    """The last lines each failed target's child said: why, without opening a log."""
+    """The last lines each failed target's child said: why, without opening a log. The
+    error (its message, then its hint) is said once, not again from the log's tail."""
     out = []
     for o in outcomes:
-        if o.failed:
-            said = (o.result or {}).get("error") or ""
-            tail = [line for line in o.log if line.strip()][-lines:]
-            out.append(f"{o.member.ref} ({o.member.engine}), exit {o.exit_code}: {said}".rstrip())
-            out += [f"    {line}" for line in tail if line.strip() != f"qpatch: {said}"]
+        if not o.failed:
+            continue
+        said = str((o.result or {}).get("error") or "").splitlines()
+        head = said[0] if said else ""
+        out.append(f"{o.member.ref} ({o.member.engine}), exit {o.exit_code}: {head}".rstrip())
+        out += [f"    {line.strip()}" for line in said[1:]]
+        known = {f"qpatch: {head}", *(line.strip() for line in said[1:])}
+        tail = [line for line in o.log if line.strip() and line.strip() not in known]
+        out += [f"    {line}" for line in tail[-lines:]]
     return out

@@ -45,6 +45,7 @@ class Fleet:
         """`qpatch COMMAND --all --filter label=… ARGS --json`: the process and its object."""
         t0 = time.monotonic()
         r = qpatch(command, "--all", "--filter", f"label={self.label}", *args, "--json")
+        # each step's time, shown with pytest -s: the file's CI budget is tight
         print(f"{time.monotonic() - t0:6.1f} s  qpatch {command} --all {' '.join(args)}")
         try:
             return r, json.loads(r.stdout)
