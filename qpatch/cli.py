@@ -72,7 +72,7 @@ def _fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """TARGET… on each --host, or --all [--filter]: one target runs here, several run as one
     child each (qpatch.fleet), N at a time."""
     options = [
-        click.argument("targets", nargs=-1, type=TargetRef()),
+        click.argument("targets", nargs=-1, type=TargetRef(), metavar="[TARGET]..."),
         click.option(
             "--all",
             "every",

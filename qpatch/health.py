@@ -12,6 +12,9 @@ from qpatch.errors import CheckFailed
 from qpatch.output import Console
 
 POLL_S = 0.5
+#: How long one exec keeps asking before the target's state is looked at again: a dead or
+#: restart-looping target is seen within this, and a starting one costs one exec per slice.
+SLICE_S = 3.0
 
 
 def wait_healthy(
@@ -33,9 +36,10 @@ def wait_healthy(
             raise CheckFailed(
                 f"{target.description} is restart-looping ({state.restarts - restarts0} restarts)"
             )
-        stats = api.system_stats()
+        stats = api.system_stats(retry_for=min(SLICE_S, max(0.0, timeout - elapsed)))
         if stats is not None:
             return stats
+        elapsed = time.monotonic() - t0
         if elapsed > timeout:
             raise CheckFailed(f"ComfyUI did not answer /system_stats within {timeout:.0f} s")
         if progress:

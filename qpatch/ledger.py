@@ -163,6 +163,7 @@ class LedgerStore:
         self.target = target
         self.folder = folder  # inside the target
         self.mirror = host_state_dir() / target.mirror_key
+        self._made_in: str | None = None  # the instance ensure_folder made the folder in
 
     @classmethod
     def locate(
@@ -194,13 +195,18 @@ class LedgerStore:
 
     def remove_empty(self) -> None:
         """Undo ensure_folder() for a command that ended before writing anything."""
+        self._made_in = None
         self.target.exec(["rm", "-rf", self.folder])
         self.target.exec(["rmdir", posixpath.dirname(self.folder)])  # only if now empty
 
     def ensure_folder(self) -> None:
+        """Once per container: a swap (apply --recreate) puts the store in another."""
+        if self._made_in is not None and self._made_in == (self.target.instance or ""):
+            return
         self.target.exec(["mkdir", "-p", self.path("files")]).check(
             f"creating the ledger folder {self.folder}"
         )
+        self._made_in = self.target.instance or ""
 
     # ----------------------------------------------------------------- ledger
 

@@ -4,7 +4,7 @@ Not a mock: it is a real implementation of the protocol in qpatch/targets/base.p
 a filesystem (path -> bytes and FileStat, plus a set of folders), a ComfyUI "server" that
 is up or down and boots from the start script as it is *now*, a log, and `exec` for the
 handful of argv qpatch runs on the files path (the ledger's mkdir/rm/rmdir and writable
-probe, the lock's `set -C` create, `cat`, `test -w`, the compile check, the HTTP client).
+probe, the lock's `set -C` create, `cat`, the `[ -w ]` loop, the compile check, the HTTP client).
 
 Every program qpatch sends is answered by doing what it would do in a container, not by
 a canned "ok": the compile check really compiles the bytes, `rmdir` refuses a folder that
@@ -34,7 +34,7 @@ from qpatch.comfy_api import _CLIENT
 from qpatch.errors import BadInput, QpatchError
 from qpatch.ledger import _WRITABLE
 from qpatch.lock import _CREATE
-from qpatch.plan import _COMPILE
+from qpatch.plan import _COMPILE, UNWRITABLE
 from qpatch.targets.base import ContainerConfig, ExecResult, FileStat, TargetState
 from qpatch.targets.procs import Proc
 
@@ -286,8 +286,9 @@ class MemoryTarget:
                 return self._rm(paths, recursive=False)
             case ["rmdir", path]:
                 return self._rmdir(path)
-            case ["test", "-w", path]:
-                return ExecResult(0 if self._writable(path) else 1, b"", b"")
+            case ["sh", "-c", program, "sh", *paths] if program == UNWRITABLE[2] and paths:
+                refused = [p for p in paths if not self._writable(p)]
+                return _ok("".join(f"{p}\n" for p in refused).encode())
             case ["cat", path]:
                 return self._cat(path)
             case [*prefix, folder] if prefix == _WRITABLE:
@@ -296,7 +297,7 @@ class MemoryTarget:
                 return self._create_exclusive(path, content.encode())
             case [python, "-c", program, path] if program == _COMPILE and self._is_python(python):
                 return self._compile(path)
-            case [python, "-c", program, method, url, body, wait] if (
+            case [python, "-c", program, method, url, body, wait, *_retry] if (
                 program == _CLIENT and self._is_python(python)
             ):
                 return self._http(method, url, body, float(wait))

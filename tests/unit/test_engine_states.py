@@ -728,7 +728,7 @@ def test_a_file_that_cannot_be_replaced_is_refused_before_any_write(mirror: Path
         engine.apply(ctx, make_plan(target), dry_run=False, restart=True)
 
     assert ctx.result.files == outcome_rows("unchanged")
-    assert [w.path for w in target.writes] == ["/tmp/.qpatch-compile-qwen_image_loader.py"]
+    assert target.writes == []  # every path is checked before the compile copies are made
     assert_files(target, ORIGINALS, stored=())
     assert not mirror.exists()
     assert target.restart_calls == 0
