@@ -7,6 +7,7 @@ one engine, share one host mirror, and two engines' `comfyui` containers never d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -69,12 +70,39 @@ def _context(name: str) -> tuple[str, object]:
     return ctx.Host, ctx.TLSConfig
 
 
+def _tolerate_ssh_close() -> None:
+    """docker-py 7.1's SSHSocket.close() writes to ssh's stdin; once ssh has exited (after
+    each exec) that raises BrokenPipeError from exec_run *after* the command ran
+    (docker/docker-py#3218), which through_restarts would take for an engine gone away and
+    run the command again: a second `mv` of a file already moved, a lock found taken by
+    ourselves. Closing quietly is what the socket's owner wants."""
+    from docker.transport import sshconn
+
+    if getattr(sshconn.SSHSocket.close, "qpatch", False):
+        return
+    original = sshconn.SSHSocket.close
+
+    def close(self: sshconn.SSHSocket) -> None:
+        try:
+            original(self)
+        except OSError:  # BrokenPipeError: ssh has exited already
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            self.proc.terminate()
+
+    close.qpatch = True  # type: ignore[attr-defined]
+    sshconn.SSHSocket.close = close  # type: ignore[method-assign]
+
+
 def client(engine: Engine, timeout: float = 120) -> docker.DockerClient:
     """A client of `engine`, pinged. ssh:// goes through the system's `ssh` (as the docker
     CLI does: ~/.ssh/config, the agent and known_hosts apply), which runs `docker system
     dial-stdio` on the far side. `timeout` bounds each API call."""
     where = engine.label
     try:
+        if _is_ssh(engine.host) or _is_ssh(os.environ.get("DOCKER_HOST")):
+            with contextlib.suppress(ImportError):  # no paramiko: docker-py says so below
+                _tolerate_ssh_close()
         if engine.host is None:
             ssh = _is_ssh(os.environ.get("DOCKER_HOST"))
             c = docker.from_env(timeout=timeout, use_ssh_client=ssh)

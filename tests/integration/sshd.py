@@ -4,20 +4,22 @@ the local engine (one engine by a second road).
 
 What it touches outside its temporary folder: it installs openssh-server (and the client)
 when absent, and creates /run/sshd (sshd's privilege-separation folder, empty; left in
-place as Debian's own unit would, since another sshd may be using it by then). Nothing under
-/root/.ssh or /etc/ssh is read or written by the client it sets up:
+place as Debian's own unit would, since another sshd may be using it by then). The client it
+sets up reads and writes nothing under ~/.ssh (passwd's home) or /etc/ssh:
 
-* docker-py runs `ssh` by name from PATH (docker/transport/sshconn.py), with our environment.
-  `client_env` puts first on PATH a two-line `ssh` that execs the system's /usr/bin/ssh with
-  `-F <our config>`: with -F, ssh reads neither ~/.ssh/config nor /etc/ssh/ssh_config. The
-  config pins the known-hosts file to ours (one line: this sshd's host key; the global ones
-  off), checks it strictly and never writes it.
+* docker-py runs `ssh` by name from PATH, with our environment (docker/transport/sshconn.py).
+  `Sshd.env` puts first on PATH a two-line `ssh` that execs the system's /usr/bin/ssh with
+  `-F <our config>`: with -F, ssh reads neither ~/.ssh/config nor /etc/ssh/ssh_config. That
+  config names our known-hosts file (one line: this sshd's host key; the global files off),
+  checks it strictly and never writes it; ssh's own arguments (docker-py's) are untouched.
 * The client's private key lives only in an ssh-agent of ours (SSH_AUTH_SOCK); the file is
   deleted once added, and `IdentitiesOnly` offers that key and no other.
+* With `multiplex`, one ssh master connection of ours (ControlPath in the folder) carries
+  every later ssh: docker-py starts an ssh per API request, and a handshake costs 0.2-0.4 s.
 
 The server side runs `sshd -D -e -f <our config>` on 127.0.0.1 (port 22, else a free one)
 with its own host key, AuthorizedKeysFile in the folder, no PAM and no ~/.ssh/rc: the only
-thing the far side runs is what the client asks for (`docker system dial-stdio`)."""
+thing the far side runs is what the client asks for (`docker system dial-stdio`)"""
 
 from __future__ import annotations
 
@@ -210,10 +212,15 @@ def _stop_sshd(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _wait_for(
-    path: Path, proc: subprocess.Popen[bytes], what: str, log: Path | None = None
+    path: Path,
+    proc: subprocess.Popen[bytes],
+    what: str,
+    log: Path | None = None,
+    pattern: str | None = None,
 ) -> None:
+    """Until `path` exists (with `pattern`: something in it that matches), or `proc` ended."""
     deadline = time.monotonic() + START_WAIT_S
-    while not path.exists():
+    while not (any(path.glob(pattern)) if pattern else path.exists()):
         if proc.poll() is not None or time.monotonic() > deadline:
             said = log.read_text(errors="replace")[-2000:] if log else ""
             raise SshdError(f"{what} did not start{': ' + said if said else ''}")
@@ -223,9 +230,10 @@ def _wait_for(
 @contextlib.contextmanager
 def running_sshd(ports: tuple[int, ...] = (22,), *, multiplex: bool = True) -> Iterator[Sshd]:
     """sshd on 127.0.0.1 at the first of `ports` that is free (else a free one), an agent
-    holding the client key and, with `multiplex`, one ssh connection of ours that every
-    later ssh rides (ControlPath): docker-py runs one ssh per HTTP connection, a new one per
-    exec, and a handshake costs ~0.3 s. All stopped, the folder removed, afterwards."""
+    holding the client key and, with `multiplex`, an ssh master connection that the later
+    ones ride. All stopped, and the folder removed, afterwards."""
+    if os.geteuid() != 0:
+        raise SshdError("the test's sshd runs as root (it lets root in, on port 22 when free)")
     ensure_openssh()
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -251,7 +259,8 @@ def running_sshd(ports: tuple[int, ...] = (22,), *, multiplex: bool = True) -> I
         )
         (folder / "id_ed25519").unlink()  # the private key is in the agent only
 
-        mux = folder / "mux" if multiplex else None
+        # %C: a hash of user, host and port, so another port (or host) is another master
+        mux = folder / "mux-%C" if multiplex else None
         bindir = folder / "bin"
         bindir.mkdir()
         shim = bindir / "ssh"
@@ -300,6 +309,6 @@ def running_sshd(ports: tuple[int, ...] = (22,), *, multiplex: bool = True) -> I
                     env={**os.environ, **env},
                 )
             stack.callback(_terminate, master)
-            _wait_for(mux, master, "the ssh master connection", master_log)
+            _wait_for(folder, master, "the ssh master connection", master_log, "mux-*")
         url = "ssh://root@127.0.0.1" + ("" if port == 22 else f":{port}")
         yield Sshd(url=url, port=port, env=env, folder=folder)

@@ -4,9 +4,11 @@ in a subprocess; files are hashed through the local socket, the first road."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -27,6 +29,19 @@ pytestmark = pytest.mark.docker
 UNREACHABLE = "ssh://root@127.0.0.1:1"  # nothing listens on port 1
 
 
+def dot_ssh() -> dict[str, str] | None:
+    """The invoking user's ~/.ssh (ssh takes the home from passwd, not $HOME), hashed."""
+    folder = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ssh"
+    if not folder.exists():
+        return None
+    seen = {}
+    for p in sorted(folder.rglob("*")):
+        seen[str(p.relative_to(folder))] = (
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        )
+    return seen
+
+
 @pytest.fixture(scope="module")
 def sshd(docker_client: docker.DockerClient) -> Iterator[Sshd]:
     if importlib.util.find_spec("paramiko") is None:
@@ -34,11 +49,14 @@ def sshd(docker_client: docker.DockerClient) -> Iterator[Sshd]:
             "docker-py's ssh:// imports paramiko even with use_ssh_client=True "
             "(docker/transport/sshconn.py): qpatch needs docker[ssh]"
         )
-    with running_sshd() as s:
+    untouched = dot_ssh()
+    # QPATCH_TEST_SSH_MUX=0: every ssh its own connection, as with a bare ~/.ssh/config
+    with running_sshd(multiplex=os.environ.get("QPATCH_TEST_SSH_MUX", "1") != "0") as s:
         far = s.ssh("docker info --format '{{.ID}}'")
         assert far.returncode == 0, f"docker on the far side of {s.url}: {far.stderr}"
         assert far.stdout.strip() == docker_client.info()["ID"], "the far side's engine is another"
         yield s
+    assert dot_ssh() == untouched, "~/.ssh changed"
 
 
 class Runner:
@@ -88,10 +106,10 @@ def test_round_trip_over_ssh_is_byte_exact_and_shares_the_mirror_with_the_socket
     assert result["status"] == "applied"
     written = {f["path"]: f["sha256_after"] for f in result["files"]}
     after = hashes(comfy_container)
-    assert written and after == {**before, **written}
-    assert all(before[p] != h for p, h in written.items())
+    assert set(written) == set(after) and after == written  # the loader and the start script
+    assert all(before[p] != after[p] for p in after)
     assert healthy(comfy_container)
-    # the mirror is named by the container and the engine's own ID, whichever road
+    # the mirror is named by the container and the engine's own ID, whichever the road
     one_mirror = [f"docker-{name}@{engine_id(docker_client)}"]
     assert mirrors(state) == one_mirror
 
@@ -102,27 +120,30 @@ def test_round_trip_over_ssh_is_byte_exact_and_shares_the_mirror_with_the_socket
     assert over_ssh.returncode == 0, over_ssh.stderr
     by_socket = qpatch("status", name, "--json", road="socket")
     assert by_socket.returncode == 0, by_socket.stderr
-    seen = [json.loads(r.stdout) for r in (over_ssh, by_socket)]
-    for s in seen:
-        assert s["status"] == "applied"
-        assert [(f["path"], f["sha256_after"]) for f in s["files"]] == list(written.items())
-    assert seen[0]["ledger"] == seen[1]["ledger"]
+    for seen in (json.loads(over_ssh.stdout), json.loads(by_socket.stdout)):
+        assert seen["status"] == "applied"
+        assert {f["path"]: f["sha256_after"] for f in seen["files"]} == written
 
-    rolled = qpatch("rollback", name, "--host", host, road="ssh")
-    assert rolled.returncode == 0, rolled.stderr
-    assert hashes(comfy_container) == before
-    assert healthy(comfy_container)
-
-    # across roads: what ssh applied, the local socket rolls back, through the one mirror
-    again = qpatch("apply", name, "--host", host, "--patch", CPU_PATCH, "--no-restart", road="ssh")
-    assert again.returncode == 0, again.stderr
-    assert hashes(comfy_container) == after
-    back = qpatch("rollback", name, "--no-restart", road="socket")
+    # The container loses its ledger and backups: only the host mirror the ssh apply wrote
+    # can undo it, and the socket finds that same mirror.
+    ledger = f"/var/lib/qpatch/docker-{name}"
+    assert comfy_container.exec_run(["rm", "-rf", ledger]).exit_code == 0
+    back = qpatch("rollback", name, road="socket")
     assert back.returncode == 0, back.stderr
     assert hashes(comfy_container) == before
+    assert healthy(comfy_container)
     assert mirrors(state) == one_mirror
-    ledger = json.loads((state / "qpatch" / one_mirror[0] / "ledger.json").read_text())
-    assert ledger["state"] == "rolled-back"
+
+    # and the other way round: what the socket applied, ssh rolls back
+    again = qpatch("apply", name, "--patch", CPU_PATCH, "--no-restart", road="socket")
+    assert again.returncode == 0, again.stderr
+    assert hashes(comfy_container) == after
+    rolled = qpatch("rollback", name, "--host", host, "--no-restart", road="ssh")
+    assert rolled.returncode == 0, rolled.stderr
+    assert hashes(comfy_container) == before
+    assert mirrors(state) == one_mirror
+    mirrored = json.loads((state / "qpatch" / one_mirror[0] / "ledger.json").read_text())
+    assert mirrored["state"] == "rolled-back"
     assert healthy(comfy_container)
     print(f"\nqpatch over {host} and the socket: {qpatch.report()}")
 
@@ -137,6 +158,7 @@ def test_an_unreachable_ssh_engine_exits_2_and_changes_nothing(
     r = qpatch("apply", c.name, "--host", UNREACHABLE, "--patch", CPU_PATCH, road="ssh")
     assert r.returncode == 2, r.stderr
     assert f"Docker engine unreachable at {UNREACHABLE}" in r.stderr
+    assert "Connection refused" in r.stderr  # ssh's own word, passed through
     assert hashes(c) == before
     assert mirrors(state) == []
     assert c.exec_run(["test", "-e", "/var/lib/qpatch"]).exit_code == 1
