@@ -6,7 +6,11 @@
 2. `qpatch apply --all --filter label=… --parallel P` on all N containers (the same
    patch), then rolled back.
 
-Target: fleet / one <= 3 for N = 16 on a 2-core machine. The containers are this run's
+3. The floor, without qpatch: the same restart (SIGTERM to ComfyUI, start) and health
+   wait through the SDK, on one container and then on all N at once (threads).
+
+Target: fleet / one <= 3 for N = 16 on a 2-core machine. The floor's ratio is what the
+machine itself allows: N servers importing torch at once on 2 cores. The containers are this run's
 own (a unique label), started before and removed after, also on Ctrl-C or a failure.
 Needs the Docker engine and the test-bed image (scripts/ensure-docker,
 scripts/build-testbed; the tag from QPATCH_TESTBED_IMAGE, else built or reused here).
@@ -25,6 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -67,6 +72,17 @@ def summary(name: str, xs: list[float]) -> str:
         f"{name:<52} median {statistics.median(xs):6.2f} s  "
         f"(min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
     )
+
+
+def restart(name: str) -> None:
+    target = DockerTarget(name)
+    target.restart()
+    wait_healthy(ComfyAPI(target, PYTHON), timeout=300)
+
+
+def restart_all(names: list[str]) -> None:
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(restart, names))
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
@@ -112,7 +128,7 @@ def main() -> int:
         print(f"{args.count} containers healthy in {healthy_s:.1f} s", file=sys.stderr)
         one = started[0].name
 
-        one_s, fleet_s, per_target = [], [], []
+        one_s, fleet_s, per_target, floor_one, floor_all = [], [], [], [], []
         load_before = os.getloadavg()[0]
         for i in range(args.repeat):
             seconds, _ = timed(lambda: qpatch("apply", one, "--patch", PATCH))
@@ -128,6 +144,8 @@ def main() -> int:
                 raise SystemExit(f"the fleet's apply did not apply to {', '.join(bad)}")
             per_target += [float(t["elapsed_s"]) for t in targets]
             qpatch("rollback", *every)
+            floor_one.append(timed(lambda: restart(one))[0])
+            floor_all.append(timed(lambda: restart_all([c.name for c in started]))[0])
             print(f"run {i + 1}/{args.repeat} done", file=sys.stderr)
         load_after = os.getloadavg()[0]
     finally:  # this run's own, by its label: also one created but never started
@@ -147,6 +165,10 @@ def main() -> int:
         f"(min {min(f / o for f, o in zip(fleet_s, one_s, strict=True)):.2f} per run; "
         f"{args.count} targets, {cores} cores, load average {load_before:.1f} → {load_after:.1f})"
     )
+    floor = m(floor_all) / m(floor_one)
+    print(summary("floor: restart + health of ONE, no qpatch", floor_one))
+    print(summary(f"floor: restart + health of all {args.count} at once, no qpatch", floor_all))
+    print(f"floor ratio (the machine's own):  {floor:.2f}")
     verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
     print(f"target ratio <= {TARGET_RATIO:g}: {verdict}")
     return 0

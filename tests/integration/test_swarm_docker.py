@@ -50,15 +50,20 @@ def service(swarm: docker.DockerClient, testbed_image: str) -> Iterator[str]:
         container_labels={TEST_LABEL: "1"},
         stop_grace_period=2 * NS,  # the one-click script (PID 1) ignores SIGTERM
     )
-    wait_tasks(swarm, name, testbed_image)
-    yield name
+    try:
+        wait_tasks(swarm, name, testbed_image)
+        yield name
+    finally:  # also when the tasks never came up
+        remove_service(swarm, name)
+
+
+def remove_service(swarm: docker.DockerClient, name: str) -> None:
     with contextlib.suppress(docker.errors.NotFound):
         swarm.services.get(name).remove()
     canary.remove(swarm, name)
+    of_service = {"label": f"com.docker.swarm.service.name={name}"}
     deadline = time.monotonic() + 30
-    while swarm.containers.list(
-        all=True, filters={"label": f"com.docker.swarm.service.name={name}"}
-    ):
+    while swarm.containers.list(all=True, filters=of_service):
         if time.monotonic() > deadline:
             break
         time.sleep(0.5)
