@@ -66,7 +66,6 @@ else:
 
 import cuda_malloc  # noqa: E402, F401 - sets PYTORCH_CUDA_ALLOC_CONF before torch loads
 
-
 #: Test bed only, no upstream counterpart: a server that starts, answers, then dies this
 #: many seconds later (as one that crashes after warm-up does): what a rollout's monitor
 #: window is for, and a health gate at the first answer cannot see.
