@@ -59,6 +59,12 @@ def select(
         raise BadInput("--filter narrows --all: add --all, or name the targets")
     if every and refs:
         raise BadInput("give TARGETs or --all, not both")
+    services = [ref for ref in refs if ref.startswith("service:")]
+    if services:
+        raise BadInput(
+            f"{services[0]}: a Swarm service is rolled out on its own (Swarm updates its tasks "
+            "in parallel itself); give it as the only TARGET"
+        )
     wanted = parse_filters(filters)
     members: list[Member] = []
     seen: set[tuple[str, str]] = set()

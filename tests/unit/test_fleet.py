@@ -595,3 +595,8 @@ def test_a_second_ctrl_c_is_passed_on_to_the_children_in_flight() -> None:
     assert len(rec.notes) == 3 and "each restores its target" in rec.notes[1]
     assert "already stopping" in rec.notes[2]
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_swarm_service_is_not_a_fleet_member() -> None:
+    with pytest.raises(BadInput, match="rolled out on its own"):
+        members.select(["service:comfy", "other"], every=False, filters=[], hosts=[])
