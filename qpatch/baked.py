@@ -107,26 +107,35 @@ def state_of(now: str | None, after: str, before: str | None) -> str:
     return ORIGINAL if now == before else CHANGED
 
 
+def replaced(target: Target, store: LedgerStore, ledger: Ledger | None) -> bool:
+    """Whether the host's ledger is of another container under this name: it names the
+    container the patch went into (its ID), this one has another ID and holds no ledger.
+    A swap of apply --recreate keeps its ledger on the host by design, and a ledger from
+    before IDs were kept proves nothing: neither counts."""
+    if ledger is None or ledger.recreate is not None or ledger.instance is None:
+        return False
+    now = target.instance
+    if now is None or now == ledger.instance:
+        return False
+    return not target.exists(store.path("ledger.json"))
+
+
 def recreated_unpatched(target: Target, store: LedgerStore, ledger: Ledger | None) -> str | None:
     """Why the host's mirror no longer describes this container, or None when it does.
 
-    The mirror says applied, yet the container holds no ledger and is not the container
-    the patch went into (another ID under the same name): it was recreated (compose up,
-    docker rm + run) from an image without the patch, and its files are whatever that
-    image holds. A swap of apply --recreate keeps its ledger on the host by design."""
-    if ledger is None or ledger.state != State.APPLIED or ledger.recreate is not None:
+    The mirror says applied, yet the container was recreated (compose up, docker rm +
+    run) from an image that does not carry the patch: its files are not all as written."""
+    if ledger is None or ledger.state != State.APPLIED or not replaced(target, store, ledger):
         return None
-    now = target.instance
-    if now is None or (ledger.instance is not None and ledger.instance == now):
-        return None
-    if target.exists(store.path("ledger.json")):
-        return None
+    now = target.instance or ""
     states = {
         r.path: state_of(_sha(target, r.path), r.sha256_after, r.sha256_before)
         for r in ledger.files
     }
+    if all(state == PATCHED for state in states.values()):
+        return None  # born from an image that carries the edits: the mirror still holds
     shown = ", ".join(f"{p}: {s}" for p, s in states.items())
-    was = f" (was {ledger.instance[:12]}, now {now[:12]})" if ledger.instance else ""
+    was = f" (was {(ledger.instance or '')[:12]}, now {now[:12]})"
     return (
         f"{target.ref} was recreated{was} from an image without the patch: it carries no "
         f"qpatch ledger, though {ledger.patch!r} was applied to the container it replaces "

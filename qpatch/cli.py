@@ -15,7 +15,7 @@ from click.core import ParameterSource
 from qpatch import __version__
 from qpatch.cli_types import HostRef, Percent, Seconds, TargetRef
 from qpatch.errors import DEBUG_ENV, INTERNAL_ERROR, QpatchError, internal_error_message
-from qpatch.output import Console
+from qpatch.output import Console, say
 from qpatch.result import UNSET, Result
 
 DEFAULT_PATCH = "qwen-image-2512"
@@ -32,13 +32,13 @@ def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> N
     try:
         code = fn(out, result, **kwargs)
     except QpatchError as e:
-        click.secho(f"qpatch: {e}", fg="red", err=True)
+        say(f"qpatch: {e}", fg="red", err=True)
         if result.status is UNSET:
             result.status = "error"
         result.error = str(e)
         code = e.exit_code
     except KeyboardInterrupt:
-        click.secho("qpatch: interrupted", fg="red", err=True)
+        say("qpatch: interrupted", fg="red", err=True)
         code = 130
     except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
         raise  # click's own: it prints them and picks the status
@@ -46,7 +46,7 @@ def _dispatch(fn: Callable[..., int], as_json: bool = False, **kwargs: Any) -> N
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
         message = internal_error_message(e)
-        click.secho(f"qpatch: {message}", fg="red", err=True)
+        say(f"qpatch: {message}", fg="red", err=True)
         result.status = "internal-error"
         result.error = message
         code = INTERNAL_ERROR

@@ -83,10 +83,19 @@ def _refuse_killed(series: vram.Series, what: str) -> None:
 def recover_interrupted(ctx: Context) -> None:
     """A ledger left open by a killed run: finish its undo before anything else."""
     ledger = ctx.store.load()
+    if baked.replaced(ctx.target, ctx.store, ledger) and ledger and ledger.restart_pending:
+        return  # the restart was of the container this one replaces: nothing to finish
     if ledger is not None and not ledger.is_open and ledger.restart_pending:
         finish_restart(ctx, ledger)  # the files are as the closed ledger says: just the server
         return
     if ledger is None or not ledger.is_open:
+        return
+    if baked.replaced(ctx.target, ctx.store, ledger):  # its backups are of another container
+        ctx.out.warn(
+            f"a qpatch run on the container {ledger.instance and ledger.instance[:12]} that "
+            f"{ctx.target.ref} replaces was interrupted (ledger {str(ledger.state)!r}); this "
+            "one was created since and is left as it is"
+        )
         return
     ctx.out.warn(
         f"an earlier qpatch run on this target was interrupted (ledger state "
@@ -336,7 +345,7 @@ def verify(
         ctx.result.files = file_rows(ledger)
         ctx.result.status = "recreated-unpatched"
         return CheckFailed.exit_code
-    if ledger is None and born is not None:
+    if (ledger is None or ledger.state.is_closed) and born is not None:
         return _verify_baked(ctx, born, check)
     if ledger is None or ledger.state != State.APPLIED:
         state = str(ledger.state) if ledger else "no ledger"
@@ -510,7 +519,7 @@ def status(ctx: Context) -> int:
         ctx.out.warn(stale)
         ctx.out.line(f"  {baked.recreated_hint(ctx.target.ref)}")
         return 0
-    if ledger is None and born is not None:
+    if (ledger is None or ledger.state.is_closed) and born is not None:
         states = baked.file_states(ctx.target, born)
         ctx.result.status = "baked"
         ctx.result.patch = born.patch

@@ -3,6 +3,7 @@ with --json everything for people goes to stderr, so stdout stays parseable."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -11,6 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+
+
+def say(text: str, *, err: bool, nl: bool = True, **style: Any) -> None:
+    """click.secho that outlives its reader. A fleet's child writes to pipes its parent
+    reads; a parent gone (killed, its terminal closed) must not turn a child's next line
+    into an exception in the middle of restoring a target."""
+    with contextlib.suppress(OSError):  # BrokenPipeError, or EIO from a closed terminal
+        click.secho(text, err=err, nl=nl, **style)
 
 
 class Console:
@@ -23,7 +32,7 @@ class Console:
         self._phases = os.fdopen(int(fd), "w", buffering=1) if fd and fd.isdigit() else None
 
     def line(self, msg: str = "", **style: Any) -> None:
-        click.secho(msg, err=self._err, **style)
+        say(msg, err=self._err, **style)
 
     def step(self, msg: str) -> None:
         self.line(f"• {msg}")
@@ -41,7 +50,7 @@ class Console:
         self._phase(msg)
 
     def warn(self, msg: str) -> None:
-        click.secho(f"! {msg}", err=True, fg="yellow")
+        say(f"! {msg}", err=True, fg="yellow")
 
     def progress(self, label: str) -> Callable[[float], None]:
         """A callback for long waits: an updating line on a terminal, a line every 10 s else."""
@@ -49,17 +58,17 @@ class Console:
 
         def show(elapsed: float) -> None:
             if tty:
-                click.echo(f"\r  {label} … {elapsed:4.0f} s", err=True, nl=False)
+                say(f"\r  {label} … {elapsed:4.0f} s", err=True, nl=False)
             elif time.monotonic() - self._last_progress >= 10:
                 self._last_progress = time.monotonic()
-                click.echo(f"  {label} … {elapsed:.0f} s", err=True)
+                say(f"  {label} … {elapsed:.0f} s", err=True)
 
         return show
 
     def end_progress(self) -> None:
         if sys.stderr.isatty():
-            click.echo("\r" + " " * 60 + "\r", err=True, nl=False)
+            say("\r" + " " * 60 + "\r", err=True, nl=False)
 
     def result(self, obj: dict[str, Any]) -> None:
         if self.as_json:
-            click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+            say(json.dumps(obj, indent=2, sort_keys=True, default=str), err=False)

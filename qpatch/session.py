@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
+from qpatch.baked import replaced
 from qpatch.context import Context
 from qpatch.discovery import discover
 from qpatch.engine import recover_interrupted
@@ -90,9 +91,12 @@ def _start_if_qpatch_stopped_it(
     """A restart qpatch began and did not finish (killed after stopping ComfyUI) left the
     target down: the ledger says so, and it is qpatch's to start again, before recovery."""
     layout = discover(target, root=comfyui_root)  # a stopped target: the root is enough
-    ledger = LedgerStore.locate(target, layout.root).load()
+    store = LedgerStore.locate(target, layout.root)
+    ledger = store.load()
     if ledger is None or not (ledger.is_open or ledger.restart_pending):
         return
+    if replaced(target, store, ledger):
+        return  # it was another container qpatch stopped: this one is the user's to start
     out.warn(
         f"{target.description} is down because an earlier qpatch run stopped it to restart "
         f"(ledger state {str(ledger.state)!r}): starting it again"

@@ -50,7 +50,14 @@ def apply(
         exclusive=not dry_run,
     ) as ctx:
         out.step(f"{ctx.target.description}: {ctx.layout.describe()}")
-        if _born_patched(ctx, spec.name):
+        service = ctx.target.labels().get(SWARM_SERVICE)
+        if service:
+            raise BadInput(
+                f"{ctx.target.description} is a task of Swarm service {service}: restarting it "
+                "would end the task, and Swarm would replace it from the unpatched image",
+                hint=f"qpatch apply service:{service}",
+            )
+        if _born_patched(ctx, spec.name, str(spec.version)):
             return 0
         if recreate and ctx.layout.start_script:
             out.line(f"  --recreate not needed: {ctx.layout.start_script} carries env and flags")
@@ -72,11 +79,18 @@ def apply(
         )
 
 
-def _born_patched(ctx: Context, patch: str) -> bool:
-    """A container born from an image baked with this patch, its files as baked: done,
-    with no ledger of its own to write (qpatch.baked)."""
+#: Docker's label on a Swarm task's container
+SWARM_SERVICE = "com.docker.swarm.service.name"
+
+
+def _born_patched(ctx: Context, patch: str, version: str) -> bool:
+    """A container born from an image baked with this patch (this version), its files as
+    baked: done, with no ledger of its own to write (qpatch.baked)."""
     born = baked.read(ctx.target.labels())
     if born is None or born.patch != patch:
+        return False
+    if born.patch_version != version:
+        ctx.out.warn(f"born from an image baked with {patch} version {born.patch_version}")
         return False
     states = baked.file_states(ctx.target, born)
     if any(state != baked.PATCHED for state in states.values()):

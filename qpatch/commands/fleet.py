@@ -28,7 +28,8 @@ def fleet(
     max_failures: int | None,
 ) -> int:
     """`forwarded`: the command's own options as the user gave them, for every child."""
-    members = fleet_members.select(refs, every=every, filters=filters, hosts=hosts)
+    stopped = command in ("rollback", "status")  # they work on stopped containers too
+    members = fleet_members.select(refs, every=every, filters=filters, hosts=hosts, stopped=stopped)
     limit = f"; no new start after {max_failures} failed" if max_failures else ""
     at_once = min(parallel, len(members))
     out.step(f"{command} on {len(members)} target(s), {at_once} at a time{limit}")

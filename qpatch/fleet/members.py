@@ -16,6 +16,8 @@ from qpatch.targets.engines import Engine, client, engine_id
 #: Containers qpatch itself makes beside a target (apply --recreate's swap, a service's
 #: canary): never targets of their own.
 HELPER_SUFFIXES = ("-qpatch-original", "-qpatch-new", "-qpatch-canary")
+#: A Swarm task's container: restarting it ends the task (service:NAME is the way).
+SWARM_TASK = "com.docker.swarm.task.id"
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,12 @@ def select(
     every: bool,
     filters: Sequence[str],
     hosts: Sequence[str],
+    stopped: bool = False,
 ) -> list[Member]:
     """The members, in a stable order (engine as given, then name). The same container
-    reached by two roads (the socket and ssh://127.0.0.1) is one member."""
+    reached by two roads (the socket and ssh://127.0.0.1) is one member. `stopped`: --all
+    lists stopped containers too (rollback and status work on them). Swarm tasks are left
+    out of --all: Swarm replaces a task whose container stops."""
     if filters and not every:
         raise BadInput("--filter narrows --all: add --all, or name the targets")
     if every and refs:
@@ -80,8 +85,10 @@ def select(
         c = client(Engine(host))
         ident = engine_id(c)
         if every:
-            listed = c.containers.list(all="status" in wanted, filters=wanted, sparse=False)
-            named = sorted((x for x in listed if not x.name.endswith(HELPER_SUFFIXES)), key=_name)
+            listed = c.containers.list(
+                all=stopped or "status" in wanted, filters=wanted, sparse=False, ignore_removed=True
+            )
+            named = sorted((x for x in listed if _eligible(x)), key=_name)
         else:
             named = []
             for ref in containers:
@@ -108,6 +115,11 @@ def select(
         shown = " ".join(f"--filter {f}" for f in filters)
         raise BadInput(f"--all {shown}: no running container matches".replace("  ", " "))
     return members
+
+
+def _eligible(container: object) -> bool:
+    labels = getattr(container, "labels", {}) or {}
+    return not _name(container).endswith(HELPER_SUFFIXES) and SWARM_TASK not in labels
 
 
 def _name(container: object) -> str:

@@ -164,48 +164,65 @@ def run(
     outcomes = [Outcome(m) for m in members]
     pending = deque(outcomes)
     running: list[_Child] = []
-    interrupts = 0
+    signals = 0  # counted by the handler; acted on by the loop (a handler that printed
+    handled = 0  # could land inside the view's own write to stderr: a reentrant write)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
-            view.note(
-                f"interrupted: no new target starts; the {len(running)} in flight finish "
-                "(Ctrl-C again to stop them: each restores its target)"
-            )
-        elif interrupts == 2:
-            view.note(f"stopping the {len(running)} in flight: each restores its target")
-            for child in running:
-                child.interrupt()
-        else:
-            view.note("already stopping: each target in flight is restoring itself")
+        nonlocal signals
+        signals += 1
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    def take_signals() -> None:
+        nonlocal handled
+        while handled < signals:
+            handled += 1
+            if handled == 1:
+                view.note(
+                    f"interrupted: no new target starts; the {len(running)} in flight finish "
+                    "(Ctrl-C again to stop them: each restores its target)"
+                )
+            elif handled == 2:
+                view.note(f"stopping the {len(running)} in flight: each restores its target")
+                for child in running:
+                    child.interrupt()
+            else:
+                view.note("already stopping: each target in flight is restoring itself")
+
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in caught}
     failures = 0
     try:
         while pending or running:
-            stop = _stop_reason(interrupts, failures, max_failures)
-            while pending and len(running) < parallel and stop is None:
+            take_signals()
+            while pending and len(running) < parallel:
+                if _stop_reason(signals, failures, max_failures) is not None:
+                    break
                 outcome = pending.popleft()
                 outcome.state, outcome.phase = RUNNING, "starting"
                 outcome.started = time.monotonic()
                 running.append(_Child(outcome, argv_for(outcome.member)))
+                take_signals()  # a second Ctrl-C reaches this child too
             for child in [c for c in running if c.poll()]:
                 running.remove(child)
                 failures += child.outcome.failed
-            if stop is not None and not running:
+            if _stop_reason(signals, failures, max_failures) is not None and not running:
                 break
             view.update(outcomes)
             time.sleep(tick)
+        take_signals()
     finally:
+        # this process leaving early (a bug, a kill it could catch): the children restore
+        # their targets rather than be left writing to a parent that is gone
+        for child in running:
+            child.interrupt()
+        for child in running:
+            child.proc.wait()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    reason = _stop_reason(interrupts, failures, max_failures)
+    reason = _stop_reason(signals, failures, max_failures)
     for outcome in pending:
         outcome.state, outcome.phase, outcome.reason = NOT_STARTED, "not started", reason
     view.close(outcomes)
-    return Fleet(outcomes, interrupts > 0)
+    return Fleet(outcomes, signals > 0)
 
 
 def _stop_reason(interrupts: int, failures: int, max_failures: int | None) -> str | None:

@@ -11,6 +11,7 @@ import pytest
 
 from qpatch import baked, engine
 from qpatch.ledger import FileRecord, Ledger, State
+from tests.unit.memory_target import Killed
 from tests.unit.test_engine_states import (
     KEY,
     LOADER,
@@ -113,3 +114,48 @@ def test_a_container_that_lost_only_its_ledger_is_not_called_recreated(mirror: P
     ctx = make_ctx(target)
     assert engine.verify(ctx) == 0 and ctx.result.status == "ok"
     assert SCRIPT in {row["path"] for row in ctx.result.files}
+
+
+def test_a_ledger_from_before_ids_were_kept_proves_no_recreation(mirror: Path) -> None:
+    target = make_target()
+    target.instance = "container-1"
+    assert engine.apply(make_ctx(target), make_plan(target), dry_run=False, restart=True) == 0
+    data = json.loads((mirror / "ledger.json").read_text())
+    data["instance"] = None  # as every ledger written before this version
+    (mirror / "ledger.json").write_text(json.dumps(data))
+    again = make_target()
+    again.instance = "container-2"
+    ctx = make_ctx(again)
+    assert engine.verify(ctx) == 3
+    assert ctx.result.status == "failed"  # the files' drift says it, not "recreated"
+
+
+def test_a_recreation_that_carries_the_edits_is_not_unpatched(mirror: Path) -> None:
+    target = make_target()
+    target.instance = "container-1"
+    assert engine.apply(make_ctx(target), make_plan(target), dry_run=False, restart=True) == 0
+    again = make_target()
+    again.instance = "container-2"
+    again.put(LOADER, LOADER_AFTER)  # an image made with the patched files in it
+    again.put(SCRIPT, target.read_file(SCRIPT)[0], mode=0o755)
+    ctx = make_ctx(again)
+    assert engine.verify(ctx) == 0, ctx.result.checks
+
+
+def test_a_run_interrupted_on_the_container_replaced_is_not_recovered_here(
+    mirror: Path,
+) -> None:
+    target = make_target()
+    target.instance = "container-1"
+    target.kill_when = lambda op, path, data: op == "write" and path == SCRIPT
+    with pytest.raises(Killed):
+        engine.apply(make_ctx(target), make_plan(target), dry_run=False, restart=True)
+    assert json.loads((mirror / "ledger.json").read_text())["state"] != "applied"
+    again = make_target()  # recreated meanwhile from a newer image: no ledger
+    again.instance = "container-2"
+    again.put(LOADER, LOADER_BEFORE + b"# a newer release\n")
+    before = {p: again.read_file(p)[0] for p in (LOADER, SCRIPT)}
+    ctx = make_ctx(again)
+    engine.recover_interrupted(ctx)
+    assert {p: again.read_file(p)[0] for p in (LOADER, SCRIPT)} == before
+    assert again.writes == []
