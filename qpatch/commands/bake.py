@@ -65,9 +65,23 @@ def bake(
                 f"changed since qpatch wrote them: {', '.join(drifted)}; baking would ship that",
                 hint=f"qpatch verify {ctx.target.ref} shows the difference",
             )
+        on_mounts = container.mounted([r.path for r in ledger.files])
+        if on_mounts:
+            raise BadInput(
+                f"{', '.join(on_mounts)}: on a volume or bind mount, which a commit does not "
+                "hold: an image baked now would not carry the patch",
+                hint="keep the patched files in the image (not on a mount), or recreate with "
+                "the same mounts: they carry the patch already",
+            )
         if ctx.api.system_stats() is None:
             raise CheckFailed(f"{ctx.target.description} does not answer /system_stats: not baked")
         source = container.image
+        if _same_image(tag, source):
+            raise BadInput(
+                f"--tag {tag} is the image {ctx.target.ref} runs: baking over it would lose "
+                "the way back (the unpatched image)",
+                hint="give a new tag, e.g. " + _suggested(source),
+            )
         labels = baked.labels_for(
             ledger, source_image=source, container=ctx.target.ref, qpatch_version=__version__
         )
@@ -83,6 +97,21 @@ def bake(
         for line in how_to_use(tag, source, container.labels()) if advise else []:
             out.line(line)
         return 0
+
+
+def _same_image(a: str, b: str) -> bool:
+    def norm(x: str) -> str:
+        x = x.split("@")[0]
+        return x if ":" in x.rsplit("/", 1)[-1] else f"{x}:latest"
+
+    return norm(a) == norm(b)
+
+
+def _suggested(source: str) -> str:
+    repo = source.split("@")[0]
+    if ":" in repo.rsplit("/", 1)[-1]:
+        repo = repo.rsplit(":", 1)[0]
+    return f"{repo}:qpatched"
 
 
 def how_to_use(tag: str, source: str, labels: dict[str, str]) -> list[str]:

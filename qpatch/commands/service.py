@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -22,7 +23,7 @@ from qpatch.comfy_api import ComfyAPI
 from qpatch.discovery import discover
 from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError, Restored
 from qpatch.health import wait_healthy
-from qpatch.ledger import sha256
+from qpatch.ledger import remember_target, sha256
 from qpatch.output import Console
 from qpatch.paths import host_state_dir
 from qpatch.result import Result
@@ -131,14 +132,16 @@ def apply(
             hint="run qpatch against a manager whose node runs one of its tasks (--host)",
         )
     image = tag or f"qpatch-baked/{svc.name}:{spec.name}-v{spec.version}-{int(time.time())}"
+    if _same_image(image, current):
+        raise BadInput(f"--tag {image} is the image the service runs: give a new tag")
     out.step(f"canary {canary.name_for(svc.name)}: made like task {tasks[0].name}")
-    canary_container = canary.clone(c, tasks[0], svc.name)
-    # its host mirror goes with it: a later run's canary (same name) is another container
-    mirror = (
-        host_state_dir() / DockerTarget(canary_container.id, c, require_running=False).mirror_key
-    )
+    mirror: Path | None = None
     try:
-        layout = _wait_ready(canary_container, c, timeout)
+        canary_container = canary.clone(c, tasks[0], svc.name)
+        # its host mirror goes with it: a later run's canary (same name) is another one
+        opened = DockerTarget(canary_container.id, c, require_running=False, engine=Engine(host))
+        mirror = host_state_dir() / opened.mirror_key
+        layout = _wait_ready(canary_container, c, timeout, host)
         sub = result.step("canary")
         code = apply_one(
             out,
@@ -175,7 +178,9 @@ def apply(
         raise
     finally:
         canary.remove(c, svc.name)
-        shutil.rmtree(mirror, ignore_errors=True)
+        if mirror is not None:
+            shutil.rmtree(mirror, ignore_errors=True)
+        remember_target(target, host)  # not the canary, which is gone
     made = result.steps["bake"].baked
     rec = ServiceRecord(
         service=svc.name,
@@ -191,12 +196,11 @@ def apply(
         originals=made["originals"],
         history=previous.history if previous else [],
     )
-    records.save(rec, engine, event=f"canary healthy; baked {image}")
     rollout = Rollout(update_parallelism, update_delay, update_monitor)
     probe = (
         None
         if svc.has_healthcheck or _image_checks(tasks[0])
-        else health_probe(layout.python, layout.port)
+        else health_probe(layout.python, layout.port, start_period=max(120.0, timeout))
     )
     out.step(
         f"service update {svc.name} → {image} ({rollout.parallelism} at a time, "
@@ -206,12 +210,21 @@ def apply(
     )
     since = svc.update_state()[2]
     svc.update_to(image, rollout, probe)
-    wanted = svc.replicas or len(tasks)
+    # saved once Swarm took the new spec: a rollback to its previous spec is then ours
+    records.save(rec, engine, event=f"canary healthy; baked {image}; service updated")
+    wanted = svc.replicas or len(svc.running_tasks())  # a global service: every node's
     budget = wanted * (timeout + rollout.delay + rollout.monitor) + 60
     said: list[str] = []
-    now = svc.follow(
-        (COMPLETED, ROLLBACK_COMPLETED), since=since, timeout=budget, progress=_shown(out, said)
-    )
+    try:
+        now = svc.follow(
+            (COMPLETED, ROLLBACK_COMPLETED), since=since, timeout=budget, progress=_shown(out, said)
+        )
+    except KeyboardInterrupt:
+        out.warn(
+            f"Swarm goes on updating {svc.name} without qpatch watching: qpatch verify "
+            f"service:{svc.name} checks it, qpatch rollback service:{svc.name} undoes it"
+        )
+        raise
     result.files = [{"path": p, "sha256_after": s} for p, s in rec.files.items()]
     if now.state == COMPLETED and set(now.images) == {image}:
         serving = _serving(c, svc, rec.files, rec.originals)
@@ -236,16 +249,31 @@ def apply(
         records.save(rec, engine, records.ROLLED_BACK_BY_SWARM, f"Swarm rolled back: {why}")
         result.status = "rolled-back-by-swarm"
         back = all(set(s.values()) == {ORIGINAL} for s in serving.values())
+        if not back:
+            raise NotRestored(
+                f"Swarm rolled service {svc.name} back ({why}), but tasks do not serve the "
+                f"original files: {serving}",
+                hint=f"docker service ps {svc.name}; docker service inspect {svc.name}",
+            )
         raise Restored(
-            f"Swarm rolled service {svc.name} back ({why}): "
-            f"{now.running}/{now.wanted} task(s) run {svc.image} again"
-            + ("; every task checked serves the original files" if back else f": {serving}")
+            f"Swarm rolled service {svc.name} back ({why}): {now.running}/{now.wanted} "
+            f"task(s) run {svc.image} again; every task checked serves the original files"
         )
     raise NotRestored(
         f"service {svc.name} did not converge (Swarm: {now.state or 'no update'}"
         f"{': ' + now.message if now.message else ''}; tasks: {now.images})",
         hint=f"qpatch rollback service:{svc.name} (Swarm's rollback to {rec.previous_image})",
     )
+
+
+def _same_image(a: str | None, b: str | None) -> bool:
+    """`repo` and `repo:latest` are one image name; a digest pin is not part of it."""
+
+    def norm(x: str) -> str:
+        x = x.split("@")[0]
+        return x if ":" in x.rsplit("/", 1)[-1] else f"{x}:latest"
+
+    return bool(a) and bool(b) and norm(a or "") == norm(b or "")
 
 
 _NOT_FOR_SERVICES = (
@@ -263,11 +291,11 @@ def _image_checks(task: Any) -> bool:
     return bool((task.attrs["Config"].get("Healthcheck") or {}).get("Test"))
 
 
-def _wait_ready(container: Any, c: docker.DockerClient, timeout: float) -> Any:
+def _wait_ready(container: Any, c: docker.DockerClient, timeout: float, host: str | None) -> Any:
     """The canary's ComfyUI answering: its layout (python, port) once it does."""
     deadline = time.monotonic() + timeout
     while True:
-        target = DockerTarget(container.id, c, require_running=False)
+        target = DockerTarget(container.id, c, require_running=False, engine=Engine(host))
         if target.state().running:
             try:
                 layout = discover(target)
@@ -291,8 +319,14 @@ def rollback(
     target: str,
     host: str | None = None,
     timeout: float = 180.0,
-    **_: Any,
+    **others: Any,
 ) -> int:
+    given = [k for k in ("no_restart", "force", "restart_cmd") if others.get(k)]
+    if given:
+        raise BadInput(
+            f"{', '.join('--' + k.replace('_', '-') for k in given)}: not for a service:NAME "
+            "target (Swarm replaces its tasks)"
+        )
     c, svc, engine = _open(target, host)
     rec = records.load(svc.name, engine)
     result.target = target
@@ -301,12 +335,19 @@ def rollback(
         out.ok(f"nothing to roll back on service {svc.name}" + (f" ({rec.state})" if rec else ""))
         return 0
     result.patch = rec.patch
-    if svc.image.split("@")[0] != rec.image:
-        out.warn(f"the service runs {svc.image} now, not {rec.image}: Swarm's previous spec wins")
+    previous_image = svc.previous_image
+    if svc.image.split("@")[0] != rec.image or not _same_image(previous_image, rec.previous_image):
+        raise BadInput(
+            f"service {svc.name} runs {svc.image} with {previous_image or 'no'} before it; qpatch "
+            f"rolled it from {rec.previous_image} to {rec.image}: Swarm's rollback to its "
+            "previous spec would not undo qpatch's change (someone updated it since)",
+            hint=f"docker service update --image {rec.previous_image} {svc.name}, if that is "
+            "what you want",
+        )
     out.step(f"Swarm's rollback of {svc.name} to its previous spec ({rec.previous_image})")
     since = svc.update_state()[2]
     svc.rollback()
-    wanted = svc.replicas or 1
+    wanted = svc.replicas or len(svc.running_tasks())
     now = svc.follow(
         (ROLLBACK_COMPLETED,), since=since, timeout=wanted * timeout + 60, progress=_shown(out)
     )

@@ -53,15 +53,18 @@ def clone(client: docker.DockerClient, task: Container, service: str) -> Contain
 
 
 def _mounts(task: Container) -> list[Mount]:
-    """The task's named volumes and binds (its models), as they are; anonymous volumes
-    are the image's own and are made afresh."""
+    """The task's named volumes and binds (its models, for the evidence), read-only: the
+    live tasks share them, so a patched file there would change them all at once, and an
+    image built from the canary would not hold it. A patch that must write there is
+    refused by the plan's own check ("not writable"). Anonymous volumes are the image's
+    own and are made afresh."""
     mounts = []
     for m in task.attrs.get("Mounts") or []:
         kind: Any = m.get("Type")
         if kind == "volume" and m.get("Name") and len(m["Name"]) != 64:
-            mounts.append(Mount(m["Destination"], m["Name"], "volume", read_only=not m["RW"]))
+            mounts.append(Mount(m["Destination"], m["Name"], "volume", read_only=True))
         elif kind == "bind":
-            mounts.append(Mount(m["Destination"], m["Source"], "bind", read_only=not m["RW"]))
+            mounts.append(Mount(m["Destination"], m["Source"], "bind", read_only=True))
     return mounts
 
 

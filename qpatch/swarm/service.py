@@ -56,7 +56,7 @@ class Rollout:
 
     def rollback_config(self) -> RollbackConfig:
         return RollbackConfig(
-            parallelism=0,  # all at once: the old image is known good
+            parallelism=self.parallelism,  # stop-first: all at once would be an outage
             failure_action="pause",
             monitor=int(self.monitor * NS),
             order="stop-first",
@@ -75,7 +75,7 @@ class Converged:
     images: dict[str, int]  # image -> running tasks on it
 
 
-def health_probe(python: str, port: int) -> Healthcheck:
+def health_probe(python: str, port: int, start_period: float = 120.0) -> Healthcheck:
     """A healthcheck on /system_stats for a service that has none, so Swarm counts a
     task as up only once ComfyUI answers (its first model-free start takes seconds; a
     slow one is covered by the start period)."""
@@ -85,7 +85,7 @@ def health_probe(python: str, port: int) -> Healthcheck:
         interval=2 * NS,
         timeout=5 * NS,
         retries=3,
-        start_period=120 * NS,
+        start_period=int(start_period * NS),
     )
 
 
@@ -153,10 +153,16 @@ class SwarmService:
 
     # ------------------------------------------------------------------ changing
 
+    @property
+    def previous_image(self) -> str | None:
+        previous = self.service.attrs.get("PreviousSpec") or {}
+        return previous.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image")
+
     def update_to(self, image: str, rollout: Rollout, healthcheck: Healthcheck | None) -> None:
         """One `service update`: the new image (and a healthcheck where it had none), with
         Swarm's rolling update and automatic rollback. The rest of the spec is kept."""
         extra: dict[str, Any] = {"healthcheck": healthcheck} if healthcheck else {}
+        self.reload()  # the spec's version: an update against an old one is refused
         try:
             self.service.update(
                 image=image,

@@ -35,6 +35,8 @@ T = TypeVar("T")
 #: How long to wait for the container to end by itself after ComfyUI got SIGTERM. The
 #: test bed ends in 0.5 s; a script ending in `tail -f` never does, and gets a restart.
 SELF_EXIT_WAIT_S = 8
+#: A commit copies the whole writable layer (nodes, downloaded models): minutes, not 120 s.
+COMMIT_TIMEOUT_S = 3600
 
 
 def connect(timeout: float = 120) -> docker.DockerClient:
@@ -275,6 +277,9 @@ class DockerTarget:
         `image` (REPO:TAG) with `labels` added to its config; the new image's ID."""
         repository, _, tag = image.rpartition(":") if _has_tag(image) else (image, "", "latest")
         conf = {"Labels": {**self.labels(), **labels}}
+        # a writable layer holding nodes or models takes longer than any other call
+        api = self.container.client.api
+        usual, api.timeout = api.timeout, COMMIT_TIMEOUT_S
         try:
             made = self._engine_call(
                 f"committing {self.ref}",
@@ -282,7 +287,24 @@ class DockerTarget:
             )
         except docker.errors.APIError as e:
             raise QpatchError(f"committing {self.description}: {e.explanation or e}") from e
+        except requests.exceptions.ReadTimeout as e:
+            raise QpatchError(
+                f"committing {self.description}: no answer within {COMMIT_TIMEOUT_S} s; the "
+                f"engine may still finish it (docker image ls {repository})"
+            ) from e
+        finally:
+            api.timeout = usual
         return str(made.id)
+
+    def mounted(self, paths: Sequence[str]) -> list[str]:
+        """Those of `paths` on a volume or bind mount of the container (a commit leaves
+        them out)."""
+        destinations = [m["Destination"] for m in self.container.attrs.get("Mounts") or []]
+        return [
+            p
+            for p in paths
+            if any(p == d or p.startswith(d.rstrip("/") + "/") for d in destinations)
+        ]
 
     @property
     def image(self) -> str:

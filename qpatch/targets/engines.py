@@ -8,6 +8,7 @@ one engine, share one host mirror, and two engines' `comfyui` containers never d
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -100,21 +101,18 @@ def client(engine: Engine, timeout: float = 120) -> docker.DockerClient:
     dial-stdio` on the far side. `timeout` bounds each API call."""
     where = engine.label
     try:
-        if _is_ssh(engine.host) or _is_ssh(os.environ.get("DOCKER_HOST")):
-            with contextlib.suppress(ImportError):  # no paramiko: docker-py says so below
-                _tolerate_ssh_close()
         if engine.host is None:
-            ssh = _is_ssh(os.environ.get("DOCKER_HOST"))
+            ssh = _tolerating(_is_ssh(os.environ.get("DOCKER_HOST")))
             c = docker.from_env(timeout=timeout, use_ssh_client=ssh)
         elif "://" in engine.host:
-            c = docker.DockerClient(
-                base_url=engine.host, timeout=timeout, use_ssh_client=_is_ssh(engine.host)
-            )
+            ssh = _tolerating(_is_ssh(engine.host))
+            c = docker.DockerClient(base_url=engine.host, timeout=timeout, use_ssh_client=ssh)
         else:
             url, tls = _context(engine.host)
             where = f"{engine.host} ({url})"
+            ssh = _tolerating(_is_ssh(url))
             c = docker.DockerClient(
-                base_url=url, tls=tls or False, timeout=timeout, use_ssh_client=_is_ssh(url)
+                base_url=url, tls=tls or False, timeout=timeout, use_ssh_client=ssh
             )
         c.ping()
     except docker.errors.DockerException as e:
@@ -126,12 +124,26 @@ def client(engine: Engine, timeout: float = 120) -> docker.DockerClient:
 
 
 def engine_id(c: docker.DockerClient) -> str:
-    """The daemon's own ID, path-safe: the same engine by any road gives the same one."""
+    """The daemon's own ID, path-safe: the same engine by any road gives the same one.
+    Where /info is denied (a socket proxy), the engine's URL stands in: stable for that
+    road, and never shared with another engine."""
     try:
         raw = str(c.info().get("ID") or "")
     except docker.errors.DockerException:
         raw = ""
-    return re.sub(r"[^A-Za-z0-9]", "", raw)[:12] or "unknown"
+    found = re.sub(r"[^A-Za-z0-9]", "", raw)[:12]
+    if found:
+        return found
+    url = str(getattr(c.api, "base_url", "") or "unknown")
+    return "url-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
+def _tolerating(ssh: bool) -> bool:
+    """`ssh`, with docker-py's ssh socket made safe to close first when it is."""
+    if ssh:
+        with contextlib.suppress(ImportError):  # no paramiko: docker-py says so itself
+            _tolerate_ssh_close()
+    return ssh
 
 
 def _is_ssh(url: str | None) -> bool:
