@@ -59,6 +59,8 @@ def test_bake_then_recreate_from_it_is_born_patched_and_from_the_original_is_rep
     patched = hashes(c)
     assert all(patched[p] != original[p] for p in FILES)
 
+    r = qpatch("bake", name, "--tag", testbed_image)  # over the way back: refused
+    assert r.returncode == 2 and "new tag" in r.stderr
     r = qpatch("bake", name, "--tag", tag, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

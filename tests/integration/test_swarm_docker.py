@@ -110,6 +110,11 @@ def test_rollout_converges_and_a_broken_patch_rolls_back_through_swarm(
 ) -> None:
     original = served(swarm, service)
     assert len(original) == REPLICAS and all(o == original[0] for o in original)
+    task = tasks(swarm, service)[0].name
+    r = qpatch("apply", task, "--patch", CPU_PATCH)  # in place it would end the task
+    assert r.returncode == 2 and f"service:{service}" in r.stderr
+    r = qpatch("status", "--all", "--filter", f"name={service}", "--json")
+    assert r.returncode == 2 and "no running container matches" in r.stderr  # tasks left out
     ref = f"service:{service}"
     fast = ["--update-delay", "1", "--update-monitor", "4"]
     r = qpatch("apply", ref, "--patch", CPU_PATCH, *fast, "--json", timeout=600)
