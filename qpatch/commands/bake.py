@@ -12,6 +12,7 @@ import re
 
 from qpatch import __version__, baked
 from qpatch.errors import BadInput, CheckFailed
+from qpatch.images import same_image, split_tag
 from qpatch.ledger import State
 from qpatch.output import Console
 from qpatch.result import Result
@@ -76,11 +77,11 @@ def bake(
         if ctx.api.system_stats() is None:
             raise CheckFailed(f"{ctx.target.description} does not answer /system_stats: not baked")
         source = container.image
-        if _same_image(tag, source):
+        if same_image(tag, source):
             raise BadInput(
                 f"--tag {tag} is the image {ctx.target.ref} runs: baking over it would lose "
                 "the way back (the unpatched image)",
-                hint="give a new tag, e.g. " + _suggested(source),
+                hint=f"give a new tag, e.g. {split_tag(source)[0]}:qpatched",
             )
         labels = baked.labels_for(
             ledger, source_image=source, container=ctx.target.ref, qpatch_version=__version__
@@ -97,21 +98,6 @@ def bake(
         for line in how_to_use(tag, source, container.labels()) if advise else []:
             out.line(line)
         return 0
-
-
-def _same_image(a: str, b: str) -> bool:
-    def norm(x: str) -> str:
-        x = x.split("@")[0]
-        return x if ":" in x.rsplit("/", 1)[-1] else f"{x}:latest"
-
-    return norm(a) == norm(b)
-
-
-def _suggested(source: str) -> str:
-    repo = source.split("@")[0]
-    if ":" in repo.rsplit("/", 1)[-1]:
-        repo = repo.rsplit(":", 1)[0]
-    return f"{repo}:qpatched"
 
 
 def how_to_use(tag: str, source: str, labels: dict[str, str]) -> list[str]:

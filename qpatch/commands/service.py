@@ -23,6 +23,7 @@ from qpatch.comfy_api import ComfyAPI
 from qpatch.discovery import discover
 from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError, Restored
 from qpatch.health import wait_healthy
+from qpatch.images import same_image, without_digest
 from qpatch.ledger import remember_target, sha256
 from qpatch.output import Console
 from qpatch.paths import host_state_dir
@@ -115,7 +116,7 @@ def apply(
     spec = load_patch(patch)
     result.target, result.patch = target, spec.name
     previous = records.load(svc.name, engine)
-    current = svc.image.split("@")[0]
+    current = without_digest(svc.image)
     if previous and previous.state == records.APPLIED and current == previous.image:
         if previous.patch != spec.name:
             raise BadInput(
@@ -132,7 +133,7 @@ def apply(
             hint="run qpatch against a manager whose node runs one of its tasks (--host)",
         )
     image = tag or f"qpatch-baked/{svc.name}:{spec.name}-v{spec.version}-{int(time.time())}"
-    if _same_image(image, current):
+    if same_image(image, current):
         raise BadInput(f"--tag {image} is the image the service runs: give a new tag")
     out.step(f"canary {canary.name_for(svc.name)}: made like task {tasks[0].name}")
     mirror: Path | None = None
@@ -266,16 +267,6 @@ def apply(
     )
 
 
-def _same_image(a: str | None, b: str | None) -> bool:
-    """`repo` and `repo:latest` are one image name; a digest pin is not part of it."""
-
-    def norm(x: str) -> str:
-        x = x.split("@")[0]
-        return x if ":" in x.rsplit("/", 1)[-1] else f"{x}:latest"
-
-    return bool(a) and bool(b) and norm(a or "") == norm(b or "")
-
-
 _NOT_FOR_SERVICES = (
     "no_restart",
     "recreate",
@@ -336,7 +327,7 @@ def rollback(
         return 0
     result.patch = rec.patch
     previous_image = svc.previous_image
-    if svc.image.split("@")[0] != rec.image or not _same_image(previous_image, rec.previous_image):
+    if without_digest(svc.image) != rec.image or not same_image(previous_image, rec.previous_image):
         raise BadInput(
             f"service {svc.name} runs {svc.image} with {previous_image or 'no'} before it; qpatch "
             f"rolled it from {rec.previous_image} to {rec.image}: Swarm's rollback to its "
@@ -388,7 +379,7 @@ def verify(out: Console, result: Result, *, target: str, host: str | None = None
         return CheckFailed.exit_code
     result.patch = rec.patch
     check("patched", True, f"{rec.patch} (version {rec.patch_version}) → {rec.image}")
-    running = svc.image.split("@")[0]
+    running = without_digest(svc.image)
     check("service image", running == rec.image, running)
     now = svc.converged()
     settled = len(now.images) == 1 and now.running == now.wanted

@@ -19,6 +19,7 @@ from docker.models.services import Service
 from docker.types import Healthcheck, RollbackConfig, UpdateConfig
 
 from qpatch.errors import BadInput, QpatchError
+from qpatch.images import without_digest
 
 PREFIX = "service:"
 NS = 1_000_000_000  # the API counts durations in nanoseconds
@@ -219,7 +220,7 @@ class SwarmService:
         images: dict[str, int] = {}
         tasks = self.running_tasks()
         for task in tasks:
-            image = str(task["Spec"]["ContainerSpec"]["Image"]).split("@")[0]
+            image = without_digest(str(task["Spec"]["ContainerSpec"]["Image"]))
             images[image] = images.get(image, 0) + 1
         wanted = self.replicas if self.replicas is not None else len(tasks)
         return Converged(state, message, started, len(tasks), wanted, images)

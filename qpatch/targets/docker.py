@@ -18,6 +18,7 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from qpatch.errors import BadInput, QpatchError
+from qpatch.images import split_tag
 from qpatch.paths import host_state_dir
 from qpatch.probe import Probe, Questions, run_probe
 from qpatch.targets import engines, procs, tarsafe
@@ -275,7 +276,7 @@ class DockerTarget:
     def commit(self, image: str, labels: Mapping[str, str]) -> str:
         """Commit the container (paused meanwhile, so no half-written file is caught) as
         `image` (REPO:TAG) with `labels` added to its config; the new image's ID."""
-        repository, _, tag = image.rpartition(":") if _has_tag(image) else (image, "", "latest")
+        repository, tag = split_tag(image)
         conf = {"Labels": {**self.labels(), **labels}}
         # a writable layer holding nodes or models takes longer than any other call
         api = self.container.client.api
@@ -283,7 +284,9 @@ class DockerTarget:
         try:
             made = self._engine_call(
                 f"committing {self.ref}",
-                lambda: self.container.commit(repository=repository, tag=tag, conf=conf),
+                lambda: self.container.commit(
+                    repository=repository, tag=tag or "latest", conf=conf
+                ),
             )
         except docker.errors.APIError as e:
             raise QpatchError(f"committing {self.description}: {e.explanation or e}") from e
@@ -346,11 +349,6 @@ class DockerTarget:
     def logs(self, tail: int = 20) -> str:
         logs = through_restarts("reading the log", lambda: self.container.logs(tail=tail))
         return logs.decode("utf-8", errors="replace")
-
-
-def _has_tag(image: str) -> bool:
-    """`registry:5000/repo` has a port, not a tag: a tag is after the last slash."""
-    return ":" in image.rsplit("/", 1)[-1]
 
 
 def _mirror_key(key: str, client: docker.DockerClient, engine: Engine) -> str:
