@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qpatch.ledger import Ledger, LedgerStore, State, sha256
+from qpatch.ledger import Ledger, LedgerStore, State
+from qpatch.steps import current_sha
 from qpatch.targets.base import Target
 
 PREFIX = "io.qpatch."
@@ -89,14 +90,12 @@ def read(labels: Mapping[str, str]) -> Baked | None:
 
 def file_states(target: Target, baked: Baked) -> dict[str, str]:
     """Each baked file as it is now: patched, original, changed or missing."""
-    states = {}
-    for path, after in baked.files.items():
-        if not target.exists(path):
-            states[path] = MISSING
-            continue
-        now = sha256(target.read_file(path)[0])
-        states[path] = state_of(now, after, baked.originals.get(path))
-    return states
+    return states(target, baked.files, baked.originals)
+
+
+def states(target: Target, after: Mapping[str, str], before: Mapping[str, str]) -> dict[str, str]:
+    """Each file of `after` (path → sha256 as written) as it is now in `target`."""
+    return {p: state_of(current_sha(target, p), sha, before.get(p)) for p, sha in after.items()}
 
 
 def state_of(now: str | None, after: str, before: str | None) -> str:
@@ -128,13 +127,14 @@ def recreated_unpatched(target: Target, store: LedgerStore, ledger: Ledger | Non
     if ledger is None or ledger.state != State.APPLIED or not replaced(target, store, ledger):
         return None
     now = target.instance or ""
-    states = {
-        r.path: state_of(_sha(target, r.path), r.sha256_after, r.sha256_before)
-        for r in ledger.files
-    }
-    if all(state == PATCHED for state in states.values()):
+    found = states(
+        target,
+        {r.path: r.sha256_after for r in ledger.files},
+        {r.path: r.sha256_before for r in ledger.files},
+    )
+    if all(state == PATCHED for state in found.values()):
         return None  # born from an image that carries the edits: the mirror still holds
-    shown = ", ".join(f"{p}: {s}" for p, s in states.items())
+    shown = ", ".join(f"{p}: {s}" for p, s in found.items())
     was = f" (was {(ledger.instance or '')[:12]}, now {now[:12]})"
     return (
         f"{target.ref} was recreated{was} from an image without the patch: it carries no "
@@ -148,7 +148,3 @@ def recreated_hint(ref: str) -> str:
         f"re-apply: qpatch apply {ref}; or make it survive recreation: qpatch bake {ref} "
         "--tag IMAGE:TAG after applying, and recreate from that image"
     )
-
-
-def _sha(target: Target, path: str) -> str | None:
-    return sha256(target.read_file(path)[0]) if target.exists(path) else None

@@ -18,13 +18,13 @@ from typing import Any
 
 import docker
 
-from qpatch.baked import ORIGINAL, PATCHED, state_of
+from qpatch.baked import ORIGINAL, PATCHED, states
 from qpatch.comfy_api import ComfyAPI
 from qpatch.discovery import discover
 from qpatch.errors import BadInput, CheckFailed, NotRestored, QpatchError, Restored
 from qpatch.health import wait_healthy
 from qpatch.images import same_image, without_digest
-from qpatch.ledger import remember_target, sha256
+from qpatch.ledger import remember_target
 from qpatch.output import Console
 from qpatch.paths import host_state_dir
 from qpatch.result import Result
@@ -70,18 +70,10 @@ def _serving(
     c: docker.DockerClient, svc: SwarmService, files: dict[str, str], originals: dict[str, str]
 ) -> dict[str, dict[str, str]]:
     """Each reachable running task's files: patched, original or changed."""
-    seen = {}
-    for container in svc.task_containers():
-        target = DockerTarget(container.id, c)
-        seen[container.name] = {
-            path: state_of(
-                sha256(target.read_file(path)[0]) if target.exists(path) else None,
-                after,
-                originals.get(path),
-            )
-            for path, after in files.items()
-        }
-    return seen
+    return {
+        container.name: states(DockerTarget(container.id, c), files, originals)
+        for container in svc.task_containers()
+    }
 
 
 # --------------------------------------------------------------------------- apply
@@ -384,8 +376,8 @@ def verify(out: Console, result: Result, *, target: str, host: str | None = None
     now = svc.converged()
     settled = len(now.images) == 1 and now.running == now.wanted
     check("converged", settled, f"{now.running}/{now.wanted} task(s): {now.images}")
-    for task, states in _serving(c, svc, rec.files, rec.originals).items():
-        bad = {p: s for p, s in states.items() if s != PATCHED}
+    for task, found in _serving(c, svc, rec.files, rec.originals).items():
+        bad = {p: s for p, s in found.items() if s != PATCHED}
         check(f"task {task}", not bad, "serves the baked files" if not bad else str(bad))
     ok = all(x["ok"] for x in checks)
     result.status = "ok" if ok else "failed"
