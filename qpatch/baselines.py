@@ -5,14 +5,13 @@ day, another server's flags, the inference floor) instead of only with apply's o
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 from typing import Any
 
 from qpatch.errors import BadInput
-from qpatch.paths import host_state_dir
+from qpatch.paths import host_state_dir, write_atomically
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -39,7 +38,6 @@ def save(name: str, *, target: str, workflow: str, measurement: dict[str, Any]) 
     replaced. `measurement` is a series' JSON (`vram.Series.to_json`): the median view
     a single-run reader reads, with every run and each row's spread under `series`."""
     path = _path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "name": name,
         "target": target,
@@ -47,9 +45,7 @@ def save(name: str, *, target: str, workflow: str, measurement: dict[str, Any]) 
         "time": time.time(),
         "measurement": measurement,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=2, sort_keys=True).encode())
     return path
 
 

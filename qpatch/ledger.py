@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from qpatch.errors import QpatchError
-from qpatch.paths import host_state_dir
+from qpatch.paths import host_state_dir, write_atomically
 from qpatch.targets.base import FileStat, Target
 from qpatch.textdiff import unified_diff
 
@@ -234,7 +232,7 @@ class LedgerStore:
         ledger.updated = time.time()
         data = json.dumps(ledger.to_json(), indent=2, sort_keys=True).encode()
         self.mirror.mkdir(parents=True, exist_ok=True)
-        _atomic_host_write(self.mirror / "ledger.json", data)
+        write_atomically(self.mirror / "ledger.json", data)
         if ledger.in_target:
             self.target.write_file(self.path("ledger.json"), data, PRIVATE)
         remember_target(ledger.target, self.target.host)
@@ -252,7 +250,7 @@ class LedgerStore:
 
     def _store(self, name: str, data: bytes, *, in_target: bool) -> None:
         (self.mirror / "files").mkdir(parents=True, exist_ok=True)
-        _atomic_host_write(self.mirror / name, data)
+        write_atomically(self.mirror / name, data)
         if in_target:
             self.ensure_folder()
             self.target.write_file(self.path(name), data, PRIVATE)
@@ -292,7 +290,7 @@ class LedgerStore:
         on this host only when the target itself goes away with the rollback."""
         name = f"drifted/{posixpath.basename(record.path)}.{sha256(data)[:12]}"
         (self.mirror / "drifted").mkdir(parents=True, exist_ok=True)
-        _atomic_host_write(self.mirror / name, data)
+        write_atomically(self.mirror / name, data)
         if not in_target:
             return str(self.mirror / name)
         self.target.exec(["mkdir", "-p", self.path("drifted")]).check("creating drifted/")
@@ -304,7 +302,7 @@ def remember_target(ref: str, host: str | None) -> None:
     """For commands run without TARGET: the ref alone (as before engines), or with the
     --host that reaches it."""
     text = ref if host is None else json.dumps({"ref": ref, "host": host})
-    _atomic_host_write(host_state_dir() / "last-target", text.encode())
+    write_atomically(host_state_dir() / "last-target", text.encode())
 
 
 def last_target() -> tuple[str, str | None] | None:
@@ -326,10 +324,3 @@ _WRITABLE = ["sh", "-c", 'd=$1; while [ ! -e "$d" ]; do d=$(dirname "$d"); done;
 def _writable(target: Target, folder: str) -> bool:
     """Whether `folder` exists writable, or could be created under its nearest ancestor."""
     return target.exec([*_WRITABLE, folder]).exit_code == 0
-
-
-def _atomic_host_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -5,13 +5,12 @@ Swarm's previous spec plus the image names kept here."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qpatch.paths import host_state_dir
+from qpatch.paths import host_state_dir, write_atomically
 
 CANARY, UPDATING, APPLIED = "canary", "updating", "applied"
 ROLLED_BACK_BY_SWARM, ROLLED_BACK = "rolled-back-by-swarm", "rolled-back"
@@ -55,8 +54,5 @@ def save(record: ServiceRecord, engine: str, state: str | None = None, event: st
     if event:
         record.event(event)
     record.updated = time.time()
-    p = path_for(record.service, engine)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
-    os.replace(tmp, p)
+    data = json.dumps(asdict(record), indent=2, sort_keys=True).encode()
+    write_atomically(path_for(record.service, engine), data)
