@@ -97,9 +97,7 @@ def apply(
 ) -> int:
     """`others`: apply's options for a container; those that mean nothing for a service
     (where it is restarted, how it is measured) are refused when given."""
-    given = [f"--{k.replace('_', '-')}" for k in _NOT_FOR_SERVICES if others.get(k)]
-    if given:
-        raise BadInput(f"{', '.join(given)}: not for a service:NAME target")
+    _refuse(others, _NOT_FOR_SERVICES, "")
     from qpatch.commands.apply import apply as apply_one
     from qpatch.commands.bake import bake as bake_one
     from qpatch.patchspec import load_patch
@@ -134,7 +132,7 @@ def apply(
         # its host mirror goes with it: a later run's canary (same name) is another one
         opened = DockerTarget(canary_container.id, c, require_running=False, engine=Engine(host))
         mirror = host_state_dir() / opened.mirror_key
-        layout = _wait_ready(canary_container, c, timeout, host)
+        layout = _wait_ready(opened, timeout)
         sub = result.step("canary")
         code = apply_one(
             out,
@@ -259,6 +257,13 @@ def apply(
     )
 
 
+def _refuse(given: dict[str, Any], names: tuple[str, ...], why: str) -> None:
+    """A container's options a service cannot honour: refused when set, never ignored."""
+    set_ = [f"--{k.replace('_', '-')}" for k in names if given.get(k)]
+    if set_:
+        raise BadInput(f"{', '.join(set_)}: not for a service:NAME target{why}")
+
+
 _NOT_FOR_SERVICES = (
     "no_restart",
     "recreate",
@@ -274,11 +279,10 @@ def _image_checks(task: Any) -> bool:
     return bool((task.attrs["Config"].get("Healthcheck") or {}).get("Test"))
 
 
-def _wait_ready(container: Any, c: docker.DockerClient, timeout: float, host: str | None) -> Any:
+def _wait_ready(target: DockerTarget, timeout: float) -> Any:
     """The canary's ComfyUI answering: its layout (python, port) once it does."""
     deadline = time.monotonic() + timeout
     while True:
-        target = DockerTarget(container.id, c, require_running=False, engine=Engine(host))
         if target.state().running:
             try:
                 layout = discover(target)
@@ -288,7 +292,7 @@ def _wait_ready(container: Any, c: docker.DockerClient, timeout: float, host: st
             except BadInput:
                 pass  # not up enough to be discovered yet
         if time.monotonic() > deadline:
-            raise CheckFailed(f"the canary {container.name} did not come up within {timeout:.0f} s")
+            raise CheckFailed(f"the canary {target.ref} did not come up within {timeout:.0f} s")
         time.sleep(0.5)
 
 
@@ -304,12 +308,7 @@ def rollback(
     timeout: float = 180.0,
     **others: Any,
 ) -> int:
-    given = [k for k in ("no_restart", "force", "restart_cmd") if others.get(k)]
-    if given:
-        raise BadInput(
-            f"{', '.join('--' + k.replace('_', '-') for k in given)}: not for a service:NAME "
-            "target (Swarm replaces its tasks)"
-        )
+    _refuse(others, ("no_restart", "force", "restart_cmd"), " (Swarm replaces its tasks)")
     c, svc, engine = _open(target, host)
     rec = records.load(svc.name, engine)
     result.target = target
