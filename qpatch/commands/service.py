@@ -354,7 +354,12 @@ def rollback(
 # --------------------------------------------------------------------------- verify
 
 
-def verify(out: Console, result: Result, *, target: str, host: str | None = None, **_: Any) -> int:
+def verify(
+    out: Console, result: Result, *, target: str, host: str | None = None, **others: Any
+) -> int:
+    """`others`: verify's options for a container. A service's workflow is not measured
+    (measure one task's container), so a gate on it is refused rather than passed empty."""
+    _refuse(others, ("workflow", "expect_saving", "require_vram", "baseline"), "")
     c, svc, engine = _open(target, host)
     rec = records.load(svc.name, engine)
     checks: list[dict[str, Any]] = []
