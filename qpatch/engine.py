@@ -83,19 +83,18 @@ def _refuse_killed(series: vram.Series, what: str) -> None:
 def recover_interrupted(ctx: Context) -> None:
     """A ledger left open by a killed run: finish its undo before anything else."""
     ledger = ctx.store.load()
-    if baked.replaced(ctx.target, ctx.store, ledger) and ledger and ledger.restart_pending:
-        return  # the restart was of the container this one replaces: nothing to finish
-    if ledger is not None and not ledger.is_open and ledger.restart_pending:
-        finish_restart(ctx, ledger)  # the files are as the closed ledger says: just the server
-        return
-    if ledger is None or not ledger.is_open:
+    if ledger is None or not (ledger.is_open or ledger.restart_pending):
         return
     if baked.replaced(ctx.target, ctx.store, ledger):  # its backups are of another container
-        ctx.out.warn(
-            f"a qpatch run on the container {ledger.instance and ledger.instance[:12]} that "
-            f"{ctx.target.ref} replaces was interrupted (ledger {str(ledger.state)!r}); this "
-            "one was created since and is left as it is"
-        )
+        if ledger.is_open:
+            ctx.out.warn(
+                f"a qpatch run on the container {ledger.instance and ledger.instance[:12]} that "
+                f"{ctx.target.ref} replaces was interrupted (ledger {str(ledger.state)!r}); "
+                "this one was created since and is left as it is"
+            )
+        return  # and a restart that was of the container this one replaces is not ours
+    if not ledger.is_open:
+        finish_restart(ctx, ledger)  # the files are as the closed ledger says: just the server
         return
     ctx.out.warn(
         f"an earlier qpatch run on this target was interrupted (ledger state "
