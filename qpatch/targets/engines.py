@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import re
+import weakref
 from dataclasses import dataclass
 
 import docker
@@ -123,19 +124,27 @@ def client(engine: Engine, timeout: float = 120) -> docker.DockerClient:
     return c
 
 
+#: Each client's engine ID, asked once: every DockerTarget opened on a client (a service's
+#: tasks, a fleet's members) names its mirror by it.
+_IDS: weakref.WeakKeyDictionary[docker.DockerClient, str] = weakref.WeakKeyDictionary()
+
+
 def engine_id(c: docker.DockerClient) -> str:
     """The daemon's own ID, path-safe: the same engine by any road gives the same one.
     Where /info is denied (a socket proxy), the engine's URL stands in: stable for that
     road, and never shared with another engine."""
+    if c in _IDS:
+        return _IDS[c]
     try:
         raw = str(c.info().get("ID") or "")
     except docker.errors.DockerException:
         raw = ""
     found = re.sub(r"[^A-Za-z0-9]", "", raw)[:12]
-    if found:
-        return found
-    url = str(getattr(c.api, "base_url", "") or "unknown")
-    return "url-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    if not found:
+        url = str(getattr(c.api, "base_url", "") or "unknown")
+        found = "url-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    _IDS[c] = found
+    return found
 
 
 def _tolerating(ssh: bool) -> bool:
