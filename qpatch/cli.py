@@ -159,7 +159,7 @@ def _each(command: str, run: Callable[..., int], kwargs: dict[str, Any]) -> None
         every=kwargs["every"],
         filters=kwargs["filters"],
         hosts=hosts,
-        forwarded=_forwarded(click.get_current_context()),
+        forwarded=_forwarded(ctx),
         parallel=kwargs["parallel"],
         max_failures=kwargs["max_failures"],
     )

@@ -98,9 +98,8 @@ def summary_rows(outcomes: Sequence[Outcome]) -> list[list[str]]:
     rows = []
     for o in outcomes:
         r = o.result or {}
-        result = r.get("status") or (o.reason if o.state == NOT_STARTED else o.phase)
-        if o.state == NOT_STARTED:
-            result = f"not started: {o.reason}"
+        shown = r.get("status") or o.phase
+        result = f"not started: {o.reason}" if o.state == NOT_STARTED else shown
         restart = r.get("restart_s")
         rows.append(
             [
